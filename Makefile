@@ -1,0 +1,59 @@
+# dsat: the two commands are `make demo` and `make test`; each installs what it needs.
+SHELL := /bin/bash
+NODE := node_modules/.bin/node
+NODE_RUN := $(NODE) --conditions=source --disable-warning=ExperimentalWarning
+BIN := $(CURDIR)/node_modules/.bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: all deps gen check-gen lint typecheck cycles unit test demo up bench clean
+
+all: test
+
+## deps: npm ci (Node 24 comes with it), and etcd from Debian where it is missing.
+deps: node_modules/.installed
+	@bash scripts/ensure-etcd.sh
+
+node_modules/.installed: package.json package-lock.json sdk/package.json
+	@bash scripts/ensure-node.sh
+	npm ci --no-audit --no-fund --loglevel=error
+	@$(NODE) --version | grep -q '^v24\.' || { echo "Node 24 did not install (node_modules/.bin/node is $$($(NODE) --version))"; exit 1; }
+	@touch $@
+
+## gen: regenerate sdk/src/gen from proto/ (protoc-gen-es through buf).
+gen: deps
+	buf generate
+
+## check-gen: fails when sdk/src/gen is not what proto/ generates.
+check-gen: deps
+	@tmp=$$(mktemp -d) && cp -r sdk/src/gen $$tmp/before && buf generate && \
+	  if ! diff -r $$tmp/before sdk/src/gen >/dev/null; then \
+	    echo "sdk/src/gen was stale: regenerated it; commit the result (make gen)"; diff -r $$tmp/before sdk/src/gen | head -20; rm -rf $$tmp; exit 1; \
+	  fi; rm -rf $$tmp; echo "generated code is up to date"
+
+lint: deps
+	buf lint
+	biome lint --error-on-warnings sdk/src services test scripts
+
+typecheck: deps
+	tsc -p .
+
+cycles: deps
+	$(NODE_RUN) scripts/check-cycles.ts sdk/src services
+
+unit: deps
+	$(NODE) node_modules/ava/entrypoints/cli.mjs 'sdk/src/**/*.test.ts' 'services/**/*.test.ts'
+
+## test: lint, typecheck, generated code, import cycles, then every test (real etcd, real processes).
+test: deps check-gen lint typecheck cycles
+	$(NODE) node_modules/ava/entrypoints/cli.mjs
+
+## demo: a local satellite (etcd started for you), a three-stage pipeline, 1000 tasks, live progress.
+demo: deps
+	$(NODE_RUN) services/cli/main.ts demo
+
+## up: the local satellite for examples/demo/pipeline.yaml, until Ctrl-C.
+up: deps
+	$(NODE_RUN) services/cli/main.ts up examples/demo/pipeline.yaml
+
+clean:
+	rm -rf .dsat node_modules

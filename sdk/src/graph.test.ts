@@ -1,0 +1,45 @@
+import { create } from "@bufbuild/protobuf";
+import test from "ava";
+import { PipelineSchema } from "./gen/dsat/v1/pipeline_pb.js";
+import { entryStages, findCycle, nextStages, validatePipeline } from "./graph.ts";
+
+const pipeline = (stages: string[], edges: [string, string, string?][] = []) =>
+  create(PipelineSchema, {
+    name: "p",
+    stages: stages.map((name) => ({ name })),
+    edges: edges.map(([from, to, port]) => ({ from, to, port: port ?? "" })),
+  });
+
+test("stages without edges form a chain", (t) => {
+  const p = pipeline(["a", "b", "c"]);
+  t.deepEqual(validatePipeline(p), []);
+  t.deepEqual(entryStages(p), ["a"]);
+  t.deepEqual(nextStages(p, "a", ""), ["b"]);
+  t.deepEqual(nextStages(p, "c", ""), []);
+});
+
+test("edges follow ports", (t) => {
+  const p = pipeline(["a", "ok", "later"], [["a", "ok", "ok"], ["a", "later", "retry-later"]]);
+  t.deepEqual(validatePipeline(p), []);
+  t.deepEqual(nextStages(p, "a", "ok"), ["ok"]);
+  t.deepEqual(nextStages(p, "a", "retry-later"), ["later"]);
+  t.deepEqual(nextStages(p, "a", ""), []);
+});
+
+test("each fault is named", (t) => {
+  t.regex(validatePipeline(pipeline(["a", "b"], [["a", "b"], ["b", "a"]])).join(), /no stage|cycle/);
+  t.regex(validatePipeline(pipeline(["a", "b", "c"], [["a", "b"], ["b", "c"], ["c", "b"]])).join(), /cycle: b -> c -> b/);
+  t.regex(validatePipeline(pipeline(["a"], [["a", "zz"]])).join(), /unknown stage "zz"/);
+  t.regex(validatePipeline(pipeline(["a", ""])).join(), /stage #2 has no name/);
+  t.regex(validatePipeline(pipeline(["a", "a"])).join(), /defined twice/);
+  t.regex(validatePipeline(pipeline([])).join(), /no stage/);
+  t.regex(validatePipeline(create(PipelineSchema, { stages: [{ name: "a" }] })).join(), /no name/);
+  t.regex(validatePipeline(pipeline(["a", "b", "c"], [["a", "b"], ["c", "c"]])).join(), /loops on itself/);
+  t.regex(validatePipeline(pipeline(["Bad Name"])).join(), /must match/);
+});
+
+test("findCycle returns a closed path", (t) => {
+  const cycle = findCycle(pipeline(["a", "b", "c"], [["a", "b"], ["b", "c"], ["c", "a"]]));
+  t.deepEqual(cycle, ["a", "b", "c", "a"]);
+  t.is(findCycle(pipeline(["a", "b"])), undefined);
+});

@@ -1,0 +1,98 @@
+import { parseArgs } from "node:util";
+import { defaultEtcdEndpoints, toDsatError } from "@dsat/sdk";
+
+/** Flags every service process takes (each also from an environment variable). */
+export interface ServiceFlags {
+  /** --etcd, DSAT_ETCD: etcd endpoints. */
+  etcd: string;
+  /** --host, DSAT_HOST: interface to listen on. */
+  host: string;
+  /** --port, DSAT_PORT: port (0: any free one). */
+  port: number;
+  /** --prefix, DSAT_PREFIX: etcd key prefix. */
+  prefix: string;
+  /** --lease-ttl, DSAT_LEASE_TTL: lease time to live in seconds. */
+  leaseTtlSeconds: number;
+  /** --id: member id. */
+  id: string | undefined;
+  /** --max-tasks: routers' task limit. */
+  maxTasks: number | undefined;
+  /** Flags this helper does not know, for the service. */
+  rest: Record<string, string | boolean | undefined>;
+}
+
+/** What a started service gives back. */
+export interface StartedService {
+  id: string;
+  address: string;
+  close(): Promise<void>;
+  /** Graceful stop (SIGTERM); close() when absent. */
+  drain?(): Promise<void>;
+}
+
+/**
+ * Runs a service as a process: parses flags, starts it, prints one line
+ * `ready {"kind":…,"id":…,"address":…}` on stdout once it serves, drains on SIGTERM,
+ * closes on SIGINT, and exits 1 with a clear message when it cannot start.
+ */
+export async function runService(kind: string, start: (flags: ServiceFlags) => Promise<StartedService>): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      etcd: { type: "string" },
+      host: { type: "string" },
+      port: { type: "string" },
+      prefix: { type: "string" },
+      "lease-ttl": { type: "string" },
+      id: { type: "string" },
+      "max-tasks": { type: "string" },
+    },
+    strict: false,
+  });
+  const str = (v: unknown) => (typeof v === "string" ? v : undefined);
+  const flags: ServiceFlags = {
+    etcd: str(values.etcd) ?? defaultEtcdEndpoints(),
+    host: str(values.host) ?? process.env.DSAT_HOST ?? "127.0.0.1",
+    port: Number(str(values.port) ?? process.env.DSAT_PORT ?? 0),
+    prefix: str(values.prefix) ?? process.env.DSAT_PREFIX ?? "/dsat/v1/",
+    leaseTtlSeconds: Number(str(values["lease-ttl"]) ?? process.env.DSAT_LEASE_TTL ?? 5),
+    id: str(values.id),
+    maxTasks: str(values["max-tasks"]) ? Number(values["max-tasks"]) : undefined,
+    rest: values as Record<string, string | boolean | undefined>,
+  };
+  let service: StartedService;
+  try {
+    service = await withDeadline(start(flags), 15_000, `could not start within 15 s (is etcd at ${flags.etcd} up?)`);
+  } catch (err) {
+    process.stderr.write(`dsat ${kind}: ${toDsatError(err).rawMessage}\n`);
+    process.exit(1);
+  }
+  process.stdout.write(`ready ${JSON.stringify({ kind, id: service.id, address: service.address, pid: process.pid })}\n`);
+  let stopping = false;
+  const stop = async (graceful: boolean) => {
+    if (stopping) return;
+    stopping = true;
+    try {
+      await (graceful && service.drain ? service.drain() : service.close());
+    } finally {
+      process.exit(0);
+    }
+  };
+  process.on("SIGTERM", () => void stop(true));
+  process.on("SIGINT", () => void stop(false));
+}
+
+function withDeadline<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(message)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(t);
+        reject(e);
+      },
+    );
+  });
+}

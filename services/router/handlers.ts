@@ -1,0 +1,101 @@
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import {
+  Code,
+  type SubmitStreamRequest,
+  type SubmitStreamResponseSchema,
+  type TaskResult,
+  toDsatError,
+} from "@dsat/sdk";
+import type * as grpc from "@grpc/grpc-js";
+import type { RouterServer } from "./router-server.ts";
+
+type Call = grpc.ServerDuplexStream<SubmitStreamRequest, MessageInitShape<typeof SubmitStreamResponseSchema>>;
+
+/**
+ * SubmitStream: each request's tasks are submitted together and acknowledged in one
+ * response, in request order. While the router is full the stream is not read, so that
+ * HTTP/2 flow control slows the client down. With await_results, each accepted task's
+ * result follows when it ends; the call ends once the client has half-closed and every
+ * awaited result is sent.
+ */
+export function submitStreamHandler(router: RouterServer, call: Call): Promise<void> {
+  return new Promise<void>((resolve) => {
+    let chain: Promise<void> = Promise.resolve();
+    let awaiting = 0;
+    let clientDone = false;
+    let finished = false;
+    let pending: TaskResult[] = [];
+    let scheduled = false;
+    const listeners = new Map<string, (r: TaskResult) => void>();
+
+    const flushResults = () => {
+      scheduled = false;
+      if (pending.length === 0 || finished) return;
+      call.write({ results: pending });
+      pending = [];
+      maybeEnd();
+    };
+    const maybeEnd = () => {
+      if (finished || !clientDone || awaiting > 0 || pending.length > 0) return;
+      finished = true;
+      chain.then(() => resolve());
+    };
+    const onResult = (r: TaskResult) => {
+      listeners.delete(r.taskId);
+      awaiting--;
+      pending.push(r);
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(flushResults);
+      }
+    };
+    const throttle = () => {
+      const max = router.options.maxTasks;
+      if (router.taskCount < max) return;
+      call.pause();
+      const check = setInterval(() => {
+        if (router.taskCount < max * 0.9 || finished) {
+          clearInterval(check);
+          call.resume();
+        }
+      }, 5);
+    };
+
+    call.on("data", (req: SubmitStreamRequest) => {
+      const submitted = Promise.all(
+        req.tasks.map((t) =>
+          router.submit(t).then(
+            ({ taskId }) => {
+              if (req.awaitResults) {
+                listeners.set(taskId, onResult);
+                if (router.onResult(taskId, onResult)) awaiting++;
+                else listeners.delete(taskId);
+              }
+              return { taskId, code: 0, message: "" };
+            },
+            (err: unknown) => {
+              const e = toDsatError(err);
+              return { taskId: t.taskId, code: e.code === Code.Unknown ? Code.Internal : e.code, message: e.rawMessage };
+            },
+          ),
+        ),
+      );
+      chain = chain.then(async () => {
+        const acks = await submitted;
+        if (!finished) call.write({ acks });
+      });
+      throttle();
+    });
+    call.on("end", () => {
+      clientDone = true;
+      chain.then(maybeEnd);
+    });
+    const abandon = () => {
+      finished = true;
+      for (const [id, l] of listeners) router.offResult(id, l);
+      resolve();
+    };
+    call.on("cancelled", abandon);
+    call.on("error", abandon);
+  });
+}

@@ -1,0 +1,15 @@
+import { runService } from "../common/run-service.ts";
+import { RouterServer } from "./router-server.ts";
+
+await runService("router", async (flags) => {
+  const router = await RouterServer.start({
+    etcd: flags.etcd,
+    host: flags.host,
+    port: flags.port,
+    prefix: flags.prefix,
+    leaseTtlSeconds: flags.leaseTtlSeconds,
+    ...(flags.id ? { id: flags.id } : {}),
+    ...(flags.maxTasks ? { maxTasks: flags.maxTasks } : {}),
+  });
+  return { id: router.id, address: router.address, close: () => router.close(), drain: () => router.drain() };
+});

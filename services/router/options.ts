@@ -1,0 +1,44 @@
+import type { Etcd3 } from "etcd3";
+import type { Logger } from "@dsat/sdk";
+
+/** Options of a router. */
+export interface RouterOptions {
+  /** etcd endpoints ("host:port,…") or a client. Default DSAT_ETCD, else 127.0.0.1:2379. */
+  etcd: string | Etcd3;
+  /** Interface the gRPC server listens on. Default "127.0.0.1". */
+  host: string;
+  /** Port; 0 picks a free one. Default 0. */
+  port: number;
+  /** etcd key prefix. Default "/dsat/v1/". */
+  prefix: string;
+  /** Lease time to live, in seconds. Default 5. */
+  leaseTtlSeconds: number;
+  /** Member id. Default "router-<host>-<pid>-<random>". */
+  id: string;
+  /** Tasks accepted and not yet ended that this router holds; beyond it Submit gets RESOURCE_EXHAUSTED. Default 10000. */
+  maxTasks: number;
+  /** Largest payload accepted, in bytes. Default 4 MiB. */
+  maxPayloadBytes: number;
+  /** Timeout of an attempt when the stage sets none, in milliseconds. Default 30000. */
+  defaultStageTimeoutMs: number;
+  /** Times a stage is dispatched again after its worker was lost, on top of its retry policy. Default 5. */
+  maxLostWorkerRedeliveries: number;
+  /** How long drain waits for tasks in flight, in milliseconds. Default 30000. */
+  drainTimeoutMs: number;
+  /** The protocol version announced. Default DSAT_VERSION; change it only to test refusals. */
+  protocolVersion: string;
+  logger: Logger;
+}
+
+/** Defaults of {@link RouterOptions}; etcd, id, protocolVersion and logger are filled in at start. */
+export const DEFAULT_ROUTER_OPTIONS = Object.freeze({
+  host: "127.0.0.1",
+  port: 0,
+  prefix: "/dsat/v1/",
+  leaseTtlSeconds: 5,
+  maxTasks: 10_000,
+  maxPayloadBytes: 4 * 1024 * 1024,
+  defaultStageTimeoutMs: 30_000,
+  maxLostWorkerRedeliveries: 5,
+  drainTimeoutMs: 30_000,
+});

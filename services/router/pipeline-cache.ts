@@ -1,0 +1,65 @@
+import { fromJsonString } from "@bufbuild/protobuf";
+import type { Etcd3, Watcher } from "etcd3";
+import { type Keys, type Pipeline, PipelineSchema } from "@dsat/sdk";
+
+/**
+ * PipelineCache holds the pipelines a router needs: the current version of each (kept up
+ * to date by an etcd watch) and any older version a task in flight was submitted with.
+ */
+export class PipelineCache {
+  readonly #etcd: Etcd3;
+  readonly #keys: Keys;
+  readonly #current = new Map<string, Pipeline>();
+  readonly #versions = new Map<string, Pipeline>();
+  #watcher: Watcher | undefined;
+
+  constructor(etcd: Etcd3, keys: Keys) {
+    this.#etcd = etcd;
+    this.#keys = keys;
+  }
+
+  async start(): Promise<void> {
+    const prefix = this.#keys.pipelinesCurrent();
+    const res = await this.#etcd.getAll().prefix(prefix).exec();
+    for (const kv of res.kvs) this.#put(kv.value);
+    this.#watcher = await this.#etcd
+      .watch()
+      .prefix(prefix)
+      .startRevision((BigInt(res.header.revision) + 1n).toString())
+      .create();
+    this.#watcher.on("put", (kv) => this.#put(kv.value));
+    this.#watcher.on("delete", (kv) => this.#current.delete(kv.key.toString().slice(prefix.length)));
+  }
+
+  #put(value: Buffer): Pipeline | undefined {
+    try {
+      const p = fromJsonString(PipelineSchema, value.toString(), { ignoreUnknownFields: true });
+      const prev = this.#current.get(p.name);
+      if (!prev || prev.version <= p.version) this.#current.set(p.name, p);
+      this.#versions.set(`${p.name}@${p.version}`, p);
+      return p;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The current version of a pipeline; asks etcd when the watch has not brought it yet. */
+  async current(name: string): Promise<Pipeline | undefined> {
+    const p = this.#current.get(name);
+    if (p) return p;
+    const v = await this.#etcd.get(this.#keys.pipelineCurrent(name)).buffer();
+    return v ? this.#put(v) : undefined;
+  }
+
+  /** A given version of a pipeline. */
+  async version(name: string, version: bigint): Promise<Pipeline | undefined> {
+    const p = this.#versions.get(`${name}@${version}`);
+    if (p) return p;
+    const v = await this.#etcd.get(this.#keys.pipelineVersion(name, version)).buffer();
+    return v ? this.#put(v) : undefined;
+  }
+
+  async close(): Promise<void> {
+    await this.#watcher?.cancel();
+  }
+}

@@ -1,0 +1,702 @@
+import { randomUUID } from "node:crypto";
+import { hostname } from "node:os";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { durationMs, timestampDate, timestampFromMs, timestampNow } from "@bufbuild/protobuf/wkt";
+import {
+  type Assignment,
+  AssignmentSchema,
+  CancelSchema,
+  Code,
+  type ConnectError,
+  codeName,
+  connectEtcd,
+  createLogger,
+  DSAT_VERSION,
+  defaultEtcdEndpoints,
+  dsatError,
+  entryStages,
+  isCompatible,
+  Keys,
+  type ListWorkersResponseSchema,
+  type WorkerViewSchema,
+  type Logger,
+  type Member,
+  MemberKind,
+  MemberSchema,
+  MemberWatcher,
+  nextStages,
+  type Pipeline,
+  Registration,
+  RoundRobin,
+  RouterService,
+  type RunningGrpcServer,
+  ServingStatus,
+  type Stage,
+  startGrpcServer,
+  State,
+  type SubmitRequest,
+  type Task,
+  type TaskError,
+  TaskErrorSchema,
+  type TaskResult,
+  TaskResultSchema,
+  TaskSchema,
+  type Transition,
+  TransitionSchema,
+  toDsatError,
+  addService,
+} from "@dsat/sdk";
+import type { Etcd3, Watcher } from "etcd3";
+import { submitStreamHandler } from "./handlers.ts";
+import { DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
+import { PipelineCache } from "./pipeline-cache.ts";
+import { StatusReporter } from "./status-reporter.ts";
+import type { StageRun, TaskRun } from "./task-run.ts";
+import { WorkerLink } from "./worker-link.ts";
+
+const TASK_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
+
+/**
+ * The router: accepts tasks, keeps one Process stream per live worker it sees in etcd,
+ * picks a worker for each stage round-robin among those with a free slot (a stage queue
+ * when none has one), reports every transition to StatusService, and moves each output
+ * on to the stages the pipeline graph names.
+ */
+export class RouterServer {
+  readonly id: string;
+  readonly address: string;
+  readonly #opts: RouterOptions;
+  readonly #log: Logger;
+  readonly #etcd: Etcd3;
+  readonly #ownEtcd: boolean;
+  readonly #keys: Keys;
+  readonly #server: RunningGrpcServer;
+  readonly #registration: Registration;
+  readonly #workers: MemberWatcher;
+  readonly #statusMembers: MemberWatcher;
+  readonly #pipelines: PipelineCache;
+  readonly #reporter: StatusReporter;
+  readonly #tasks = new Map<string, TaskRun>();
+  /** Links by worker member key. */
+  readonly #links = new Map<string, WorkerLink>();
+  /** Round-robin of links, per stage. */
+  readonly #rotation = new Map<string, RoundRobin<WorkerLink>>();
+  /** Stage runs waiting for a free worker, per stage. */
+  readonly #queues = new Map<string, StageRun[]>();
+  readonly #queuedTask = new WeakMap<StageRun, TaskRun>();
+  /** Workers refused, by member key: why. */
+  readonly #refused = new Map<string, { member: Member; error: ConnectError }>();
+  readonly #resultListeners = new Map<string, Set<(r: TaskResult) => void>>();
+  #cancelWatcher: Watcher | undefined;
+  #draining = false;
+  #closed = false;
+  /** Counters, for `ListWorkers`, metrics and benchmarks. */
+  readonly counters = { accepted: 0, succeeded: 0, failed: 0, dispatched: 0, redelivered: 0 };
+
+  private constructor(init: {
+    opts: RouterOptions;
+    log: Logger;
+    etcd: Etcd3;
+    ownEtcd: boolean;
+    server: RunningGrpcServer;
+  }) {
+    this.#opts = init.opts;
+    this.id = init.opts.id;
+    this.#log = init.log;
+    this.#etcd = init.etcd;
+    this.#ownEtcd = init.ownEtcd;
+    this.#server = init.server;
+    this.address = init.server.address;
+    this.#keys = new Keys(init.opts.prefix);
+    this.#workers = new MemberWatcher(this.#etcd, this.#keys.membersOf("worker"));
+    this.#statusMembers = new MemberWatcher(this.#etcd, this.#keys.membersOf("status"));
+    this.#pipelines = new PipelineCache(this.#etcd, this.#keys);
+    this.#reporter = new StatusReporter(
+      this.id,
+      () => [...this.#statusMembers.members.values()].sort((a, b) => a.id.localeCompare(b.id)),
+      this.#log,
+    );
+    const member = create(MemberSchema, {
+      id: this.id,
+      kind: MemberKind.ROUTER,
+      address: this.address,
+      version: init.opts.protocolVersion,
+      startedAt: timestampNow(),
+      pid: process.pid,
+      host: hostname(),
+      runtime: `node/${process.versions.node}`,
+    });
+    this.#registration = new Registration(this.#etcd, member, {
+      leaseTtlSeconds: init.opts.leaseTtlSeconds,
+      prefix: init.opts.prefix,
+    });
+    this.#registration.on("lost", (err: unknown) => this.#log.warn("lease lost; registering again", { error: err }));
+  }
+
+  /** Starts a router: its gRPC server, its view of etcd, and its registration. */
+  static async start(options: Partial<RouterOptions> = {}): Promise<RouterServer> {
+    const id = options.id ?? `router-${hostname()}-${process.pid}-${randomUUID().slice(0, 4)}`;
+    const opts: RouterOptions = {
+      ...DEFAULT_ROUTER_OPTIONS,
+      etcd: defaultEtcdEndpoints(),
+      protocolVersion: DSAT_VERSION,
+      logger: createLogger(),
+      ...options,
+      id,
+    };
+    const log = opts.logger.child({ member: id });
+    const ownEtcd = typeof opts.etcd === "string";
+    const etcd = typeof opts.etcd === "string" ? connectEtcd({ endpoints: opts.etcd }) : opts.etcd;
+    let router: RouterServer | undefined;
+    const server = await startGrpcServer(
+      [RouterService],
+      (s) =>
+        addService(s, RouterService, {
+          submit: (req) => (router as RouterServer).submit(req),
+          submitStream: (call) => submitStreamHandler(router as RouterServer, call),
+          cancel: async (req) => {
+            await (router as RouterServer).cancel(req.taskId, req.reason);
+            return {};
+          },
+          listWorkers: async () => (router as RouterServer).listWorkers(),
+        }),
+      { host: opts.host, port: opts.port, maxMessageBytes: opts.maxPayloadBytes + 64 * 1024 },
+    );
+    router = new RouterServer({ opts, log, etcd, ownEtcd, server });
+    try {
+      await router.#begin();
+    } catch (err) {
+      await router.close();
+      throw toDsatError(err);
+    }
+    return router;
+  }
+
+  async #begin(): Promise<void> {
+    await this.#statusMembers.start();
+    await this.#pipelines.start();
+    this.#workers.on("up", (m: Member) => this.#workerUp(m));
+    this.#workers.on("down", (m: Member) => this.#workerDown(m));
+    await this.#workers.start();
+    const cancels = this.#keys.cancels();
+    this.#cancelWatcher = await this.#etcd.watch().prefix(cancels).create();
+    this.#cancelWatcher.on("put", (kv) => {
+      const taskId = kv.key.toString().slice(cancels.length);
+      const run = this.#tasks.get(taskId);
+      if (run) {
+        this.#cancelTask(run, kv.value.toString() || "cancelled");
+        void this.#etcd.delete().key(kv.key).exec().catch(() => {});
+      }
+    });
+    await this.#registration.start();
+    this.#server.health.setAll(ServingStatus.SERVING);
+    this.#log.info("router serving", { address: this.address });
+  }
+
+  /** Tasks held now (accepted, not ended). */
+  get taskCount(): number {
+    return this.#tasks.size;
+  }
+
+  /** The options in force. */
+  get options(): Readonly<RouterOptions> {
+    return this.#opts;
+  }
+
+  // ------------------------------------------------------------------ workers
+
+  #workerUp(m: Member): void {
+    const key = this.#keys.member("worker", m.id);
+    const existing = this.#links.get(key);
+    if (existing && existing.member.address === m.address && !existing.closed) return;
+    if (!isCompatible(m.version, this.#opts.protocolVersion)) {
+      const error = dsatError(
+        Code.FailedPrecondition,
+        `worker ${m.id} (stage "${m.stage}") runs dsat ${m.version} but router ${this.id} runs ${this.#opts.protocolVersion}: their X.Y must match`,
+      );
+      this.#refused.set(key, { member: m, error });
+      this.#log.warn("refused a worker of another version", { worker: m.id, version: m.version });
+      return;
+    }
+    this.#refused.delete(key);
+    this.#connect(key, m);
+  }
+
+  #connect(key: string, m: Member): void {
+    const link = new WorkerLink(m, this.id, this.#opts.protocolVersion, {
+      onReady: (l) => this.#pump(l.member.stage),
+      onTransition: (l, t) => this.#onWorkerTransition(l, t),
+      onClosed: (l, err) => this.#onLinkClosed(key, l, err),
+    });
+    this.#links.set(key, link);
+    let rr = this.#rotation.get(m.stage);
+    if (!rr) this.#rotation.set(m.stage, (rr = new RoundRobin()));
+    rr.add(link);
+  }
+
+  #workerDown(m: Member): void {
+    const key = this.#keys.member("worker", m.id);
+    this.#refused.delete(key);
+    const link = this.#links.get(key);
+    if (!link) return;
+    // No new task goes to it; what runs there may still finish (a drain).
+    link.leaving = true;
+    if (link.inFlight.size === 0) link.close();
+  }
+
+  #onLinkClosed(key: string, link: WorkerLink, err: ConnectError | undefined): void {
+    if (this.#links.get(key) === link) this.#links.delete(key);
+    this.#rotation.get(link.member.stage)?.remove(link);
+    if (err?.code === Code.FailedPrecondition) {
+      this.#refused.set(key, { member: link.member, error: err });
+      this.#log.warn("a worker refused this router", { worker: link.member.id, error: err.rawMessage });
+    } else if (err && !this.#closed) {
+      this.#log.warn("worker stream broke", { worker: link.member.id, error: err.rawMessage, inFlight: link.inFlight.size });
+    }
+    // What the worker had not finished goes to another worker of the stage.
+    for (const a of link.inFlight.values()) this.#lostAttempt(a, link);
+    link.inFlight.clear();
+    // A worker still in etcd whose stream broke for another reason is dialled again.
+    const m = this.#workers.members.get(key);
+    if (m && !this.#closed && err?.code !== Code.FailedPrecondition && !link.leaving) {
+      setTimeout(() => {
+        const again = this.#workers.members.get(key);
+        if (again && !this.#links.has(key) && !this.#closed) this.#connect(key, again);
+      }, 200).unref();
+    }
+  }
+
+  /** Picks links for queued stage runs while there are both. */
+  #pump(stage: string): void {
+    const queue = this.#queues.get(stage);
+    const rr = this.#rotation.get(stage);
+    if (!queue || queue.length === 0 || !rr) return;
+    while (queue.length > 0) {
+      const link = rr.pick((l) => l.available);
+      if (!link) return;
+      const sr = queue.shift() as StageRun;
+      const run = this.#queuedTask.get(sr);
+      if (!run || this.#tasks.get(run.task.id) !== run) continue;
+      this.#dispatch(run, sr, link);
+    }
+  }
+
+  // ------------------------------------------------------------------ tasks
+
+  /** Accepts a task: validates it, stores it durably, and starts its entry stages. */
+  async submit(req: SubmitRequest): Promise<{ taskId: string }> {
+    if (this.#draining || this.#closed) {
+      throw dsatError(Code.Unavailable, `router ${this.id} is draining; submit to another router`);
+    }
+    if (!req.pipeline) throw dsatError(Code.InvalidArgument, "pipeline is required");
+    if (req.taskId && !TASK_ID_RE.test(req.taskId)) {
+      throw dsatError(Code.InvalidArgument, `task id "${req.taskId}" must match ${TASK_ID_RE.source}`);
+    }
+    if (req.payload.length > this.#opts.maxPayloadBytes) {
+      throw dsatError(
+        Code.ResourceExhausted,
+        `payload of ${req.payload.length} bytes is over the limit of ${this.#opts.maxPayloadBytes} bytes`,
+      );
+    }
+    if (req.deadline && timestampDate(req.deadline).getTime() <= Date.now()) {
+      throw dsatError(Code.DeadlineExceeded, "the task's deadline has already passed");
+    }
+    if (req.taskId && this.#tasks.has(req.taskId)) return { taskId: req.taskId };
+    if (this.#tasks.size >= this.#opts.maxTasks) {
+      throw dsatError(
+        Code.ResourceExhausted,
+        `router ${this.id} holds ${this.#tasks.size} tasks, its limit; retry later or submit to another router`,
+      );
+    }
+    const pipeline = await this.#pipelines.current(req.pipeline);
+    if (!pipeline) {
+      throw dsatError(Code.NotFound, `pipeline "${req.pipeline}" not found; apply it first (dsat pipeline apply FILE)`);
+    }
+    const task = create(TaskSchema, {
+      id: req.taskId || randomUUID(),
+      pipeline: pipeline.name,
+      pipelineVersion: pipeline.version,
+      payload: req.payload,
+      headers: req.headers,
+      deadline: req.deadline,
+      createdAt: timestampNow(),
+    });
+    const run: TaskRun = {
+      task,
+      pipeline,
+      state: State.PENDING,
+      stages: new Map(),
+      active: 0,
+      output: new Uint8Array(0),
+      deadlineTimer: undefined,
+    };
+    this.#tasks.set(task.id, run);
+    const entries = entryStages(pipeline).map((name) => this.#newStage(run, name, task.payload));
+    let isNew: boolean;
+    try {
+      isNew = await this.#reporter.create(
+        task,
+        entries.map((sr) => this.#transition(run, sr, State.UNSPECIFIED, State.PENDING)),
+      );
+    } catch (err) {
+      this.#tasks.delete(task.id);
+      throw dsatError(Code.Unavailable, `task could not be stored: ${toDsatError(err).rawMessage}`, err);
+    }
+    if (!isNew) {
+      // A task with this id exists already: Submit is idempotent on the client's id.
+      this.#tasks.delete(task.id);
+      return { taskId: task.id };
+    }
+    this.counters.accepted++;
+    if (task.deadline) {
+      const ms = timestampDate(task.deadline).getTime() - Date.now();
+      run.deadlineTimer = setTimeout(() => this.#deadlinePassed(run), Math.max(0, ms));
+    }
+    for (const sr of entries) this.#enqueue(run, sr);
+    return { taskId: task.id };
+  }
+
+  #newStage(run: TaskRun, name: string, input: Uint8Array): StageRun {
+    const sr: StageRun = {
+      name,
+      state: State.PENDING,
+      attempt: 1,
+      lost: 0,
+      failures: 0,
+      input,
+      link: undefined,
+      lastError: undefined,
+      retryTimer: undefined,
+    };
+    run.stages.set(name, sr);
+    run.active++;
+    return sr;
+  }
+
+  #transition(
+    run: TaskRun,
+    sr: StageRun | undefined,
+    from: State,
+    to: State,
+    extra: { error?: TaskError; output?: Uint8Array; workerId?: string } = {},
+  ): Transition {
+    return create(TransitionSchema, {
+      taskId: run.task.id,
+      stage: sr?.name ?? "",
+      attempt: sr?.attempt ?? 0,
+      from,
+      to,
+      time: timestampNow(),
+      memberId: this.id,
+      ...extra,
+    });
+  }
+
+  #stageDef(run: TaskRun, name: string): Stage | undefined {
+    return run.pipeline.stages.find((s) => s.name === name);
+  }
+
+  #enqueue(run: TaskRun, sr: StageRun): void {
+    let q = this.#queues.get(sr.name);
+    if (!q) this.#queues.set(sr.name, (q = []));
+    q.push(sr);
+    this.#queuedTask.set(sr, run);
+    this.#pump(sr.name);
+  }
+
+  #dispatch(run: TaskRun, sr: StageRun, link: WorkerLink): void {
+    const from = sr.state;
+    sr.state = State.DISPATCHED;
+    sr.link = link;
+    if (run.state === State.PENDING) {
+      run.state = State.RUNNING;
+      this.#reporter.send(this.#transition(run, undefined, State.PENDING, State.RUNNING));
+    }
+    this.#reporter.send(this.#transition(run, sr, from, State.DISPATCHED, { workerId: link.member.id }));
+    const def = this.#stageDef(run, sr.name);
+    const timeoutMs = def?.timeout ? durationMs(def.timeout) : this.#opts.defaultStageTimeoutMs;
+    const a: Assignment = create(AssignmentSchema, {
+      task: { ...run.task, payload: sr.input },
+      stage: sr.name,
+      attempt: sr.attempt,
+      timeout: { seconds: BigInt(Math.floor(timeoutMs / 1000)), nanos: (timeoutMs % 1000) * 1e6 },
+    });
+    this.counters.dispatched++;
+    link.assign(a);
+  }
+
+  #onWorkerTransition(link: WorkerLink, t: Transition): void {
+    const run = this.#tasks.get(t.taskId);
+    const sr = run?.stages.get(t.stage);
+    const terminal = t.to === State.SUCCEEDED || t.to === State.FAILED || t.to === State.TIMED_OUT || t.to === State.CANCELLED;
+    if (terminal) link.settle(t.taskId, t.stage, t.attempt);
+    if (!run || !sr || sr.attempt !== t.attempt || sr.link !== link || sr.state !== t.from) {
+      // A late or repeated report (an attempt given up, a task that ended): dropped.
+      this.#log.debug("dropped a late transition", { task: t.taskId, stage: t.stage, attempt: t.attempt });
+      if (terminal) this.#pump(link.member.stage);
+      return;
+    }
+    sr.state = t.to;
+    const output = t.output;
+    // Intermediate outputs are not stored: they go on to the next stage.
+    this.#reporter.send(create(TransitionSchema, { ...t, output: new Uint8Array(0) }));
+    if (!terminal) return;
+    sr.link = undefined;
+    switch (t.to) {
+      case State.SUCCEEDED:
+        this.#stageSucceeded(run, sr, output, t.port);
+        break;
+      case State.FAILED:
+      case State.TIMED_OUT:
+        this.#attemptFailed(run, sr, t.error ?? create(TaskErrorSchema, { code: "UNKNOWN", message: "failed" }));
+        break;
+      case State.CANCELLED:
+        if (!this.#isTerminal(run)) {
+          this.#finish(run, State.CANCELLED, undefined, t.error ?? create(TaskErrorSchema, { code: "CANCELLED", message: `stage "${sr.name}" was cancelled` }));
+        }
+        break;
+    }
+    this.#pump(link.member.stage);
+  }
+
+  #stageSucceeded(run: TaskRun, sr: StageRun, output: Uint8Array, port: string): void {
+    run.active--;
+    const next = nextStages(run.pipeline, sr.name, port);
+    if (next.length === 0) run.output = output;
+    for (const name of next) {
+      if (run.stages.has(name)) continue; // Each stage runs once per task.
+      const nsr = this.#newStage(run, name, output);
+      this.#reporter.send(this.#transition(run, nsr, State.UNSPECIFIED, State.PENDING));
+      this.#enqueue(run, nsr);
+    }
+    if (run.active === 0) this.#finish(run, State.SUCCEEDED, run.output, undefined);
+  }
+
+  #attemptFailed(run: TaskRun, sr: StageRun, error: TaskError): void {
+    sr.lastError = error;
+    sr.failures++;
+    const policy = this.#stageDef(run, sr.name)?.retry;
+    const max = policy?.maxAttempts || 1;
+    const never = new Set(policy?.nonRetryableCodes ?? []);
+    if (sr.failures < max && error.retryable !== false && !never.has(error.code)) {
+      const initial = policy?.initialBackoff ? durationMs(policy.initialBackoff) : 100;
+      const cap = policy?.maxBackoff ? durationMs(policy.maxBackoff) : 10_000;
+      const backoff = Math.min(cap, initial * 2 ** (sr.failures - 1));
+      this.#retry(run, sr, backoff * (0.5 + Math.random() / 2));
+      return;
+    }
+    run.active--;
+    const to = sr.state === State.TIMED_OUT ? State.TIMED_OUT : State.FAILED;
+    const message = `stage "${sr.name}" ${to === State.TIMED_OUT ? "timed out" : "failed"} (attempt ${sr.attempt}): ${error.message}`;
+    this.#finish(run, to, undefined, create(TaskErrorSchema, { ...error, message }));
+  }
+
+  #retry(run: TaskRun, sr: StageRun, delayMs: number): void {
+    this.#reporter.send(this.#transition(run, sr, sr.state, State.RETRYING));
+    sr.state = State.RETRYING;
+    sr.attempt++;
+    sr.retryTimer = setTimeout(() => {
+      sr.retryTimer = undefined;
+      if (this.#tasks.get(run.task.id) === run && sr.state === State.RETRYING) this.#enqueue(run, sr);
+    }, delayMs);
+  }
+
+  /** An attempt whose worker went away: it fails as UNAVAILABLE and goes to another worker. */
+  #lostAttempt(a: Assignment, link: WorkerLink): void {
+    const run = this.#tasks.get(a.task?.id ?? "");
+    const sr = run?.stages.get(a.stage);
+    if (!run || !sr || sr.link !== link || sr.attempt !== a.attempt) return;
+    sr.link = undefined;
+    const error = create(TaskErrorSchema, {
+      code: codeName(Code.Unavailable),
+      message: `worker ${link.member.id} was lost while it ran the task`,
+      retryable: true,
+    });
+    this.#reporter.send(this.#transition(run, sr, sr.state, State.FAILED, { error }));
+    sr.state = State.FAILED;
+    sr.lastError = error;
+    if (sr.lost < this.#opts.maxLostWorkerRedeliveries) {
+      sr.lost++;
+      this.counters.redelivered++;
+      this.#retry(run, sr, 0);
+    } else {
+      run.active--;
+      this.#finish(run, State.FAILED, undefined, create(TaskErrorSchema, {
+        ...error,
+        message: `stage "${sr.name}": ${sr.lost + 1} workers were lost while running it; giving up`,
+      }));
+    }
+  }
+
+  #isTerminal(run: TaskRun): boolean {
+    return run.state === State.SUCCEEDED || run.state === State.FAILED || run.state === State.TIMED_OUT || run.state === State.CANCELLED;
+  }
+
+  /** Ends a task: stops what still runs, reports the terminal transition, tells listeners. */
+  #finish(run: TaskRun, to: State, output: Uint8Array | undefined, error: TaskError | undefined): void {
+    if (this.#isTerminal(run)) return;
+    const from = run.state;
+    run.state = to;
+    if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
+    this.#stopStages(run, error?.message ?? "the task ended");
+    this.#reporter.send(this.#transition(run, undefined, from, to, { output, error }));
+    this.#tasks.delete(run.task.id);
+    if (to === State.SUCCEEDED) this.counters.succeeded++;
+    else this.counters.failed++;
+    const listeners = this.#resultListeners.get(run.task.id);
+    if (listeners) {
+      this.#resultListeners.delete(run.task.id);
+      const result = create(TaskResultSchema, { taskId: run.task.id, state: to, output, error });
+      for (const l of listeners) l(result);
+    }
+  }
+
+  /** Cancels every stage of a task that has not ended. */
+  #stopStages(run: TaskRun, reason: string): void {
+    const error = create(TaskErrorSchema, { code: codeName(Code.Canceled), message: reason });
+    for (const sr of run.stages.values()) {
+      if (sr.retryTimer) clearTimeout(sr.retryTimer);
+      switch (sr.state) {
+        case State.PENDING:
+        case State.RETRYING:
+        case State.DISPATCHED:
+        case State.RUNNING: {
+          const link = sr.link;
+          if (link) {
+            link.cancel(create(CancelSchema, { taskId: run.task.id, stage: sr.name, attempt: sr.attempt, reason }));
+            link.settle(run.task.id, sr.name, sr.attempt);
+            sr.link = undefined;
+            this.#pump(sr.name);
+          } else {
+            const q = this.#queues.get(sr.name);
+            const i = q?.indexOf(sr) ?? -1;
+            if (q && i >= 0) q.splice(i, 1);
+          }
+          this.#reporter.send(this.#transition(run, sr, sr.state, State.CANCELLED, { error }));
+          sr.state = State.CANCELLED;
+          run.active--;
+          break;
+        }
+        default:
+      }
+    }
+  }
+
+  #cancelTask(run: TaskRun, reason: string): void {
+    this.#finish(run, State.CANCELLED, undefined, create(TaskErrorSchema, { code: codeName(Code.Canceled), message: reason }));
+  }
+
+  #deadlinePassed(run: TaskRun): void {
+    this.#finish(
+      run,
+      State.TIMED_OUT,
+      undefined,
+      create(TaskErrorSchema, { code: codeName(Code.DeadlineExceeded), message: "the task passed its deadline" }),
+    );
+  }
+
+  /**
+   * Cancels a task wherever it runs: at once when this router drives it, else through
+   * etcd (cancels/<id>), which the router that drives it watches.
+   */
+  async cancel(taskId: string, reason: string): Promise<void> {
+    if (!taskId) throw dsatError(Code.InvalidArgument, "task_id is required");
+    const why = reason || "cancelled by a client";
+    const run = this.#tasks.get(taskId);
+    if (run) {
+      this.#cancelTask(run, why);
+      await this.#reporter.flush();
+      return;
+    }
+    const exists = await this.#etcd.get(this.#keys.task(taskId)).exists();
+    if (!exists) throw dsatError(Code.NotFound, `task "${taskId}" not found`);
+    const lease = this.#etcd.lease(60, { autoKeepAlive: false });
+    await lease.put(this.#keys.cancel(taskId)).value(why);
+  }
+
+  /** Registers a listener for a task's result; false when this router does not hold the task. */
+  onResult(taskId: string, listener: (r: TaskResult) => void): boolean {
+    if (!this.#tasks.has(taskId)) return false;
+    let set = this.#resultListeners.get(taskId);
+    if (!set) this.#resultListeners.set(taskId, (set = new Set()));
+    set.add(listener);
+    return true;
+  }
+
+  /** Removes a result listener. */
+  offResult(taskId: string, listener: (r: TaskResult) => void): void {
+    this.#resultListeners.get(taskId)?.delete(listener);
+  }
+
+  /** How this router sees the workers. */
+  listWorkers(): MessageInitShape<typeof ListWorkersResponseSchema> {
+    const workers: MessageInitShape<typeof WorkerViewSchema>[] = [];
+    for (const l of this.#links.values()) {
+      workers.push({
+        id: l.member.id,
+        stage: l.member.stage,
+        address: l.member.address,
+        version: l.member.version,
+        capacity: l.capacity,
+        inFlight: l.inFlight.size,
+        connected: l.ready && !l.closed,
+        dispatched: l.dispatched,
+      });
+    }
+    for (const { member, error } of this.#refused.values()) {
+      workers.push({
+        id: member.id,
+        stage: member.stage,
+        address: member.address,
+        version: member.version,
+        capacity: member.capacity,
+        refusedCode: error.code,
+        refusedMessage: error.rawMessage,
+      });
+    }
+    const queued: Record<string, number> = {};
+    for (const [stage, q] of this.#queues) if (q.length > 0) queued[stage] = q.length;
+    return { routerId: this.id, workers, queued };
+  }
+
+  /**
+   * Drains: leaves etcd and takes no new task, waits up to drainTimeoutMs for the tasks
+   * it holds to end, then closes.
+   */
+  async drain(): Promise<void> {
+    this.#draining = true;
+    this.#server.health.setAll(ServingStatus.NOT_SERVING);
+    await this.#registration.close();
+    const deadline = Date.now() + this.#opts.drainTimeoutMs;
+    while (this.#tasks.size > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await this.close();
+  }
+
+  /** Closes at once. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#server.health.setAll(ServingStatus.NOT_SERVING);
+    await this.#registration.close().catch(() => {});
+    await this.#reporter.flush().catch(() => {});
+    this.#reporter.close();
+    for (const run of this.#tasks.values()) {
+      if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
+      for (const sr of run.stages.values()) if (sr.retryTimer) clearTimeout(sr.retryTimer);
+    }
+    for (const l of this.#links.values()) l.abort();
+    await this.#cancelWatcher?.cancel().catch(() => {});
+    await this.#workers.close().catch(() => {});
+    await this.#statusMembers.close().catch(() => {});
+    await this.#pipelines.close().catch(() => {});
+    await this.#server.close(1_000);
+    if (this.#ownEtcd) this.#etcd.close();
+  }
+
+  /** Options as timestamps, for handlers. */
+  static deadlineFrom(ms: number) {
+    return timestampFromMs(ms);
+  }
+}

@@ -1,0 +1,31 @@
+import type { Pipeline, State, Task, TaskError } from "@dsat/sdk";
+import type { WorkerLink } from "./worker-link.ts";
+
+/** One stage of one task, as the router drives it. */
+export interface StageRun {
+  readonly name: string;
+  state: State;
+  attempt: number;
+  /** Redeliveries after a lost worker, which do not count against the retry policy. */
+  lost: number;
+  /** Attempts that failed, counted against the retry policy. */
+  failures: number;
+  input: Uint8Array;
+  link: WorkerLink | undefined;
+  lastError: TaskError | undefined;
+  retryTimer: NodeJS.Timeout | undefined;
+}
+
+/** One task in flight at this router. */
+export interface TaskRun {
+  readonly task: Task;
+  readonly pipeline: Pipeline;
+  /** State of the task as a whole. */
+  state: State;
+  readonly stages: Map<string, StageRun>;
+  /** Stages started and not ended. */
+  active: number;
+  /** Output of the leaf stage that ended last. */
+  output: Uint8Array;
+  deadlineTimer: NodeJS.Timeout | undefined;
+}

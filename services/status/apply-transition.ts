@@ -1,0 +1,168 @@
+import { clone, create } from "@bufbuild/protobuf";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import {
+  isLegalStageTransition,
+  isLegalTaskTransition,
+  isTaskTerminal,
+  StageStateSchema,
+  State,
+  stateName,
+  type Task,
+  TaskSchema,
+  type TaskState,
+  TaskStateSchema,
+  type Transition,
+  TransitionSchema,
+} from "@dsat/sdk";
+
+/**
+ * The pure rules of StatusService: how a created task and a transition change a task's
+ * state. No I/O here; the task store feeds it states and persists what it returns.
+ */
+
+/** What became of one created task or one transition (the fields of a ReportOutcome). */
+export interface Outcome {
+  readonly accepted: boolean;
+  readonly duplicate: boolean;
+  readonly reason: string;
+}
+
+const ACCEPTED: Outcome = Object.freeze({ accepted: true, duplicate: false, reason: "" });
+const REPLAYED: Outcome = Object.freeze({ accepted: true, duplicate: true, reason: "" });
+
+function refused(reason: string): Outcome {
+  return { accepted: false, duplicate: false, reason };
+}
+
+/** The result of {@link applyCreate}: the task's state after it (none if refused on an empty id), and the outcome. */
+export interface CreateResult {
+  readonly state: TaskState | undefined;
+  readonly outcome: Outcome;
+}
+
+/**
+ * Creates a task: a new state, PENDING as a whole, whose history starts with the implied
+ * task-level UNSPECIFIED -> PENDING transition (seq 1). When a state already exists the
+ * task is refused as a duplicate and the existing state is returned unchanged.
+ */
+export function applyCreate(
+  existing: TaskState | undefined,
+  task: Task,
+  routerId: string,
+  now: Timestamp,
+): CreateResult {
+  if (existing) {
+    return { state: existing, outcome: { accepted: false, duplicate: true, reason: `task ${task.id} exists` } };
+  }
+  if (!task.id) return { state: undefined, outcome: refused("a created task needs an id") };
+  const t = clone(TaskSchema, task);
+  if (!t.createdAt) t.createdAt = now;
+  const first = create(TransitionSchema, {
+    taskId: t.id,
+    stage: "",
+    attempt: 0,
+    from: State.UNSPECIFIED,
+    to: State.PENDING,
+    time: now,
+    memberId: routerId,
+    seq: 1n,
+  });
+  const state = create(TaskStateSchema, {
+    task: t,
+    state: State.PENDING,
+    routerId,
+    seq: 1n,
+    updatedAt: now,
+    history: [first],
+  });
+  return { state, outcome: ACCEPTED };
+}
+
+/**
+ * Applies one transition to a task's state, in place, and says what became of it.
+ *
+ * - A transition whose (stage, attempt, from, to) is in the history is a replay: accepted
+ *   as a duplicate, nothing changes.
+ * - Otherwise `from` must be where the stage (or the task as a whole, for stage "") stands,
+ *   and from -> to an edge of the FSM; a stage's attempt may not go back. Else it is
+ *   refused and nothing changes. A task that ended as a whole accepts no other task-level
+ *   transition, which is what keeps its terminal result unique.
+ * - An accepted transition gets the next seq, the time `now` when it has none, and is
+ *   appended to the history; the stage (or the task) moves to its `to`.
+ */
+export function applyTransition(state: TaskState | undefined, transition: Transition, now: Timestamp): Outcome {
+  if (!transition.taskId) return refused("a transition needs a task_id");
+  if (!state) return refused(`unknown task ${transition.taskId}`);
+  if (isReplay(state, transition)) return REPLAYED;
+  const problem = transition.stage === "" ? checkTaskLevel(state, transition) : checkStageLevel(state, transition);
+  if (problem) return refused(problem);
+
+  const t = clone(TransitionSchema, transition);
+  t.seq = state.seq + 1n;
+  if (!t.time) t.time = now;
+  state.seq = t.seq;
+  state.history.push(t);
+  state.updatedAt = now;
+  if (t.stage === "") moveTask(state, t);
+  else moveStage(state, t);
+  return ACCEPTED;
+}
+
+/** True when the same step of the same attempt at the same stage is already stored. */
+function isReplay(state: TaskState, t: Transition): boolean {
+  return state.history.some(
+    (h) => h.stage === t.stage && h.attempt === t.attempt && h.from === t.from && h.to === t.to,
+  );
+}
+
+function checkTaskLevel(state: TaskState, t: Transition): string | undefined {
+  const step = `${stateName(t.from)} -> ${stateName(t.to)}`;
+  if (isTaskTerminal(state.state)) {
+    return `illegal transition of task ${t.taskId}: ${step} (the task already ended ${stateName(state.state)})`;
+  }
+  if (t.from !== state.state || !isLegalTaskTransition(t.from, t.to)) {
+    return `illegal transition of task ${t.taskId}: ${step} (the task is ${stateName(state.state)})`;
+  }
+  return undefined;
+}
+
+function checkStageLevel(state: TaskState, t: Transition): string | undefined {
+  const stage = state.stages.find((s) => s.name === t.stage);
+  const current = stage?.state ?? State.UNSPECIFIED;
+  const where = `at stage "${t.stage}" attempt ${t.attempt}: ${stateName(t.from)} -> ${stateName(t.to)}`;
+  if (t.from !== current || !isLegalStageTransition(t.from, t.to)) {
+    return `illegal transition ${where} (the stage is ${stateName(current)})`;
+  }
+  // A worker that was given up on (its attempt failed or timed out) may still report;
+  // its steps must not be taken for those of the attempt that replaced it.
+  if (stage && t.attempt < stage.attempt) {
+    return `stale transition ${where} (the stage is at attempt ${stage.attempt})`;
+  }
+  return undefined;
+}
+
+function moveTask(state: TaskState, t: Transition): void {
+  state.state = t.to;
+  if (t.to === State.SUCCEEDED) state.output = t.output;
+  if (t.error) state.error = t.error;
+}
+
+function moveStage(state: TaskState, t: Transition): void {
+  let stage = state.stages.find((s) => s.name === t.stage);
+  if (!stage) {
+    stage = create(StageStateSchema, { name: t.stage });
+    state.stages.push(stage);
+  }
+  stage.state = t.to;
+  stage.attempt = t.attempt;
+  if (t.workerId) stage.workerId = t.workerId;
+  if (t.to === State.DISPATCHED) {
+    // A new attempt starts: what ended the previous one no longer describes the stage.
+    stage.error = undefined;
+    stage.startedAt = undefined;
+    stage.endedAt = undefined;
+  }
+  if (t.error) stage.error = t.error;
+  if (t.to === State.RUNNING) stage.startedAt = t.time;
+  if (isTaskTerminal(t.to)) stage.endedAt = t.time;
+}

@@ -1,0 +1,360 @@
+import { clone, equals, fromBinary, fromJsonString, type MessageInitShape, toJsonString } from "@bufbuild/protobuf";
+import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
+import {
+  addService,
+  Code,
+  type ConnectError,
+  dsatError,
+  isTaskTerminal,
+  Keys,
+  type ListRequest,
+  type ListResponseSchema,
+  type Logger,
+  type Pipeline,
+  PipelineSchema,
+  PipelineService,
+  type ServiceHandlers,
+  StatusService,
+  type TaskState,
+  TaskStateSchema,
+  toDsatError,
+  type Transition,
+  validatePipeline,
+  type WatchRequest,
+  type WatchResponseSchema,
+} from "@dsat/sdk";
+import type * as grpc from "@grpc/grpc-js";
+import { CompareResult, CompareTarget, type Etcd3, type ICompare, SortOrder, SortTarget, type Watcher } from "etcd3";
+import type { TaskStore } from "./task-store.ts";
+
+type MethodsOf<T> = T extends GenService<infer S extends GenServiceMethods> ? S : never;
+
+/** List: tasks per page when the request says 0. */
+const DEFAULT_PAGE_SIZE = 100;
+/** List: tasks per page, at most. */
+const MAX_PAGE_SIZE = 1000;
+/** List: keys read per call, at most, so that a rare filter cannot make one call scan everything. */
+const MAX_SCAN_KEYS = 5000;
+/** List: keys read per etcd range. */
+const SCAN_CHUNK_KEYS = 500;
+/** ApplyPipeline: attempts when another writer applies the same pipeline at the same time. */
+const APPLY_ATTEMPTS = 10;
+/** Watch: times in a row the etcd watch may be lost (compaction) and restarted. */
+const WATCH_RESTARTS = 10;
+
+type WatchCall = grpc.ServerWritableStream<WatchRequest, MessageInitShape<typeof WatchResponseSchema>>;
+
+/**
+ * The handlers of dsat.v1.StatusService: Report goes through the task store (batched,
+ * fenced, durable); GetState, Watch and List read etcd, so any instance answers alike.
+ */
+export class StatusHandlers {
+  readonly #etcd: Etcd3;
+  readonly #store: TaskStore;
+  readonly #keys: Keys;
+  readonly #log: Logger;
+  /** Ends each open Watch, with an error. */
+  readonly #watches = new Set<(err: ConnectError) => void>();
+
+  constructor(etcd: Etcd3, store: TaskStore, keys: Keys, logger: Logger) {
+    this.#etcd = etcd;
+    this.#store = store;
+    this.#keys = keys;
+    this.#log = logger;
+  }
+
+  /** Serves StatusService on a grpc-js server. */
+  addToServer(server: grpc.Server): void {
+    const handlers: ServiceHandlers<MethodsOf<typeof StatusService>> = {
+      report: async (req) => this.#store.report(req),
+      getState: async (req) => ({ state: await this.#getState(req.taskId, req.includeHistory) }),
+      watch: (req, call) => this.#watch(req, call),
+      list: (req) => this.#list(req),
+    };
+    addService(server, StatusService, handlers);
+  }
+
+  /** Ends every open Watch with UNAVAILABLE, so that its client resumes on another instance. */
+  close(): void {
+    const err = dsatError(Code.Unavailable, "the status server is shutting down; watch again with after_seq");
+    for (const end of [...this.#watches]) end(err);
+  }
+
+  async #getState(taskId: string, includeHistory: boolean): Promise<TaskState> {
+    if (!taskId) throw dsatError(Code.InvalidArgument, "task_id is required");
+    const stored = await this.#store.read(taskId);
+    if (!stored) throw dsatError(Code.NotFound, `task "${taskId}" not found`);
+    if (!includeHistory) stored.state.history = [];
+    return stored.state;
+  }
+
+  async #watch(req: WatchRequest, call: WatchCall): Promise<void> {
+    const taskId = req.taskId;
+    if (!taskId) throw dsatError(Code.InvalidArgument, "task_id is required");
+    const first = await this.#store.read(taskId);
+    if (!first) throw dsatError(Code.NotFound, `task "${taskId}" not found`);
+    const key = this.#keys.task(taskId);
+    let lastSeq = req.afterSeq;
+
+    /** Sends what is new in a state; true once the task-level terminal transition is sent. */
+    const sendNew = (state: TaskState): boolean => {
+      for (const t of state.history) {
+        if (t.seq > lastSeq) {
+          call.write({ transition: t });
+          lastSeq = t.seq;
+        }
+        if (endsTask(t)) return true;
+      }
+      return false;
+    };
+    if (sendNew(first.state) || call.cancelled) return;
+
+    await new Promise<void>((resolve, reject) => {
+      let watcher: Watcher | undefined;
+      let finished = false;
+      let restarts = 0;
+      const finish = (err?: ConnectError) => {
+        if (finished) return;
+        finished = true;
+        this.#watches.delete(finish);
+        const w = watcher;
+        watcher = undefined;
+        w?.cancel().catch(() => {});
+        if (err) reject(err);
+        else resolve();
+      };
+      this.#watches.add(finish);
+      call.on("cancelled", () => finish());
+
+      const start = async (fromRevision: string): Promise<void> => {
+        const w = await this.#etcd.watch().key(key).startRevision(fromRevision).create();
+        if (finished) {
+          await w.cancel().catch(() => {});
+          return;
+        }
+        watcher = w;
+        w.on("put", (kv) => {
+          if (finished || watcher !== w) return;
+          restarts = 0;
+          if (sendNew(fromBinary(TaskStateSchema, kv.value))) finish();
+        });
+        w.on("delete", () => {
+          if (watcher === w) finish(dsatError(Code.NotFound, `task "${taskId}" was deleted`));
+        });
+        // etcd cancels a watch whose revision was compacted away: read the state again
+        // and watch on from there (what was missed is in the history).
+        w.on("error", (err) => {
+          if (finished || watcher !== w) return;
+          watcher = undefined;
+          w.cancel().catch(() => {});
+          this.#log.info("task watch lost; re-reading", { task: taskId, error: err.message });
+          restart().catch((e: unknown) => finish(toDsatError(e)));
+        });
+      };
+
+      const restart = async (): Promise<void> => {
+        if (++restarts > WATCH_RESTARTS) {
+          throw dsatError(Code.Unavailable, `the etcd watch of task "${taskId}" failed ${WATCH_RESTARTS} times`);
+        }
+        const stored = await this.#store.read(taskId);
+        if (finished) return;
+        if (!stored) throw dsatError(Code.NotFound, `task "${taskId}" was deleted`);
+        if (sendNew(stored.state)) finish();
+        else await start(nextRevision(stored.revision));
+      };
+
+      start(nextRevision(first.revision)).catch((e: unknown) => finish(toDsatError(e)));
+    });
+  }
+
+  async #list(req: ListRequest): Promise<MessageInitShape<typeof ListResponseSchema>> {
+    const pageSize = req.pageSize === 0 ? DEFAULT_PAGE_SIZE : Math.min(req.pageSize, MAX_PAGE_SIZE);
+    const prefix = this.#keys.tasks();
+    const end = prefixEnd(Buffer.from(prefix));
+    let from: Buffer = Buffer.from(prefix);
+    if (req.pageToken) {
+      const after = Buffer.from(req.pageToken, "base64url");
+      if (!after.toString().startsWith(prefix) || after.length <= prefix.length) {
+        throw dsatError(Code.InvalidArgument, "page_token is not one that List returned");
+      }
+      from = keyAfter(after);
+    }
+    const states = new Set(req.states);
+    const tasks: TaskState[] = [];
+    let scanned = 0;
+    for (;;) {
+      const res = await this.#etcd.kv.range({
+        key: from,
+        range_end: end,
+        limit: Math.min(SCAN_CHUNK_KEYS, MAX_SCAN_KEYS - scanned),
+      });
+      for (const [i, kv] of res.kvs.entries()) {
+        scanned++;
+        const s = fromBinary(TaskStateSchema, kv.value);
+        if (req.pipeline && s.task?.pipeline !== req.pipeline) continue;
+        if (states.size > 0 && !states.has(s.state)) continue;
+        s.history = [];
+        tasks.push(s);
+        if (tasks.length === pageSize) {
+          const more = i < res.kvs.length - 1 || res.more;
+          return { tasks, nextPageToken: more ? pageToken(kv.key) : "" };
+        }
+      }
+      const last = res.kvs[res.kvs.length - 1];
+      if (!res.more || !last) return { tasks, nextPageToken: "" };
+      // Bounded work per call: a short page with a token is still a right answer.
+      if (scanned >= MAX_SCAN_KEYS) return { tasks, nextPageToken: pageToken(last.key) };
+      from = keyAfter(last.key);
+    }
+  }
+}
+
+/**
+ * The handlers of dsat.v1.PipelineService: definitions are validated, versioned and
+ * stored in etcd as protobuf JSON, at pipelines/versions/<name>/<version> and
+ * pipelines/current/<name>, written together by one fenced transaction.
+ */
+export class PipelineHandlers {
+  readonly #etcd: Etcd3;
+  readonly #keys: Keys;
+  readonly #log: Logger;
+
+  constructor(etcd: Etcd3, keys: Keys, logger: Logger) {
+    this.#etcd = etcd;
+    this.#keys = keys;
+    this.#log = logger;
+  }
+
+  /** Serves PipelineService on a grpc-js server. */
+  addToServer(server: grpc.Server): void {
+    const handlers: ServiceHandlers<MethodsOf<typeof PipelineService>> = {
+      applyPipeline: async (req) => {
+        if (!req.pipeline) throw dsatError(Code.InvalidArgument, "pipeline is required");
+        return this.#apply(req.pipeline);
+      },
+      getPipeline: async (req) => ({ pipeline: await this.#get(req.name, req.version) }),
+      listPipelines: async () => ({ pipelines: await this.#listCurrent() }),
+    };
+    addService(server, PipelineService, handlers);
+  }
+
+  async #apply(definition: Pipeline): Promise<{ pipeline: Pipeline; changed: boolean }> {
+    const problems = validatePipeline(definition);
+    if (problems.length > 0) {
+      const name = definition.name ? ` "${definition.name}"` : "";
+      throw dsatError(Code.InvalidArgument, `invalid pipeline${name}: ${problems.join("; ")}`);
+    }
+    const name = definition.name;
+    const currentKey = Buffer.from(this.#keys.pipelineCurrent(name));
+    for (let attempt = 0; attempt < APPLY_ATTEMPTS; attempt++) {
+      const res = await this.#etcd.kv.range({ key: currentKey });
+      const kv = res.kvs[0];
+      let version: bigint;
+      const compare: ICompare[] = [];
+      if (kv) {
+        const current = parsePipeline(kv.value);
+        if (sameDefinition(current, definition)) return { pipeline: current, changed: false };
+        version = current.version + 1n;
+        compare.push({ key: currentKey, target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: kv.mod_revision });
+      } else {
+        // No current version: start after any version left behind, never over it.
+        version = (await this.#lastVersion(name)) + 1n;
+        compare.push({ key: currentKey, target: CompareTarget.Create, result: CompareResult.Equal, create_revision: 0 });
+      }
+      const versionKey = Buffer.from(this.#keys.pipelineVersion(name, version));
+      compare.push({ key: versionKey, target: CompareTarget.Create, result: CompareResult.Equal, create_revision: 0 });
+      const next = clone(PipelineSchema, definition);
+      next.version = version;
+      const json = Buffer.from(toJsonString(PipelineSchema, next));
+      const txn = await this.#etcd.kv.txn({
+        compare,
+        success: [{ request_put: { key: versionKey, value: json } }, { request_put: { key: currentKey, value: json } }],
+        failure: [],
+      });
+      if (txn.succeeded) {
+        this.#log.info("pipeline applied", { pipeline: name, version });
+        return { pipeline: next, changed: true };
+      }
+    }
+    throw dsatError(Code.Aborted, `pipeline "${name}" kept changing under other writers; apply it again`);
+  }
+
+  async #lastVersion(name: string): Promise<bigint> {
+    const prefix = Buffer.from(`${this.#keys.pipelineVersion(name, 0).replace(/\d+$/, "")}`);
+    const res = await this.#etcd.kv.range({
+      key: prefix,
+      range_end: prefixEnd(prefix),
+      limit: 1,
+      sort_order: SortOrder.Descend,
+      sort_target: SortTarget.Key,
+      keys_only: true,
+    });
+    const kv = res.kvs[0];
+    if (!kv) return 0n;
+    const digits = /(\d+)$/.exec(kv.key.toString())?.[1];
+    return digits ? BigInt(digits) : 0n;
+  }
+
+  async #get(name: string, version: bigint): Promise<Pipeline> {
+    if (!name) throw dsatError(Code.InvalidArgument, "name is required");
+    const key = version === 0n ? this.#keys.pipelineCurrent(name) : this.#keys.pipelineVersion(name, version);
+    const res = await this.#etcd.kv.range({ key: Buffer.from(key) });
+    const kv = res.kvs[0];
+    if (!kv) {
+      throw dsatError(
+        Code.NotFound,
+        version === 0n ? `pipeline "${name}" not found` : `pipeline "${name}" version ${version} not found`,
+      );
+    }
+    return parsePipeline(kv.value);
+  }
+
+  async #listCurrent(): Promise<Pipeline[]> {
+    const prefix = Buffer.from(this.#keys.pipelinesCurrent());
+    const res = await this.#etcd.kv.range({ key: prefix, range_end: prefixEnd(prefix) });
+    return res.kvs.map((kv) => parsePipeline(kv.value)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+}
+
+/** True when two definitions differ at most in their version. */
+function sameDefinition(a: Pipeline, b: Pipeline): boolean {
+  const x = clone(PipelineSchema, a);
+  const y = clone(PipelineSchema, b);
+  x.version = 0n;
+  y.version = 0n;
+  return equals(PipelineSchema, x, y);
+}
+
+function parsePipeline(value: Buffer): Pipeline {
+  return fromJsonString(PipelineSchema, value.toString(), { ignoreUnknownFields: true });
+}
+
+/** True for the task-level terminal transition, after which a Watch ends. */
+function endsTask(t: Transition): boolean {
+  return t.stage === "" && isTaskTerminal(t.to);
+}
+
+function nextRevision(revision: string): string {
+  return (BigInt(revision) + 1n).toString();
+}
+
+/** The end of the range of every key that starts with `prefix`. */
+function prefixEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if ((end[i] as number) < 0xff) {
+      end[i] = (end[i] as number) + 1;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}
+
+/** The smallest key after `key`. */
+function keyAfter(key: Buffer): Buffer {
+  return Buffer.concat([key, Buffer.from([0])]);
+}
+
+function pageToken(key: Buffer): string {
+  return key.toString("base64url");
+}

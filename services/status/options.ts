@@ -1,0 +1,64 @@
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { DEFAULT_PREFIX, defaultEtcdEndpoints } from "@dsat/sdk";
+import type { Etcd3 } from "etcd3";
+
+/** Options of a StatusServer. */
+export interface StatusOptions {
+  /**
+   * etcd: comma-separated host:port endpoints, or a client that the caller owns (and
+   * closes). Default: DSAT_ETCD, else "127.0.0.1:2379".
+   */
+  etcd: string | Etcd3;
+  /** Interface the gRPC server listens on. Default "127.0.0.1". */
+  host: string;
+  /** Port the gRPC server listens on; 0 picks a free one. Default 0. */
+  port: number;
+  /** Prefix of every etcd key. Default "/dsat/v1/". */
+  prefix: string;
+  /** Time to live of the membership lease, in seconds. Default 5. */
+  leaseTtlSeconds: number;
+  /** Member id. Default "status-<hostname>-<pid>-<4 random hex digits>". */
+  id: string;
+  /** Task states kept in memory (with their etcd mod revision), in tasks. Default 10000. */
+  cacheSize: number;
+  /** Keys written by one etcd transaction, at most. Default 100. */
+  maxTxnOps: number;
+  /** Bytes of values written by one etcd transaction, at most (one larger value goes alone). Default 1 MiB. */
+  maxTxnBytes: number;
+  /** Times a batch is re-read and re-applied after another writer changed its tasks. Default 5. */
+  maxConflictRetries: number;
+  /** Deadline of the first etcd call at start, in milliseconds. Default 3000. */
+  connectTimeoutMs: number;
+}
+
+/**
+ * The defaults. `etcd` and `id` are empty here because their defaults depend on the
+ * environment; {@link resolveStatusOptions} fills them in.
+ */
+export const DEFAULT_STATUS_OPTIONS: Readonly<StatusOptions> = Object.freeze({
+  etcd: "",
+  host: "127.0.0.1",
+  port: 0,
+  prefix: DEFAULT_PREFIX,
+  leaseTtlSeconds: 5,
+  id: "",
+  cacheSize: 10_000,
+  maxTxnOps: 100,
+  maxTxnBytes: 1024 * 1024,
+  maxConflictRetries: 5,
+  connectTimeoutMs: 3_000,
+});
+
+/** Applies the defaults to partial options: the one place where that happens. */
+export function resolveStatusOptions(options: Partial<StatusOptions> = {}): StatusOptions {
+  const defined = Object.fromEntries(
+    Object.entries(options).filter(([, v]) => v !== undefined),
+  ) as Partial<StatusOptions>;
+  const opts: StatusOptions = { ...DEFAULT_STATUS_OPTIONS, ...defined };
+  if (opts.etcd === "") opts.etcd = defaultEtcdEndpoints();
+  if (opts.id === "") opts.id = `status-${hostname()}-${process.pid}-${randomBytes(2).toString("hex")}`;
+  if (opts.maxTxnOps < 1) throw new RangeError(`maxTxnOps must be at least 1, not ${opts.maxTxnOps}`);
+  if (opts.cacheSize < 0) throw new RangeError(`cacheSize must not be negative, not ${opts.cacheSize}`);
+  return opts;
+}

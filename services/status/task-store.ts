@@ -1,0 +1,472 @@
+import { clone, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { type Timestamp, timestampNow } from "@bufbuild/protobuf/wkt";
+import {
+  Code,
+  type ConnectError,
+  dsatError,
+  Keys,
+  type Logger,
+  type ReportRequest,
+  stateName,
+  type Task,
+  type TaskState,
+  TaskStateSchema,
+  toDsatError,
+  type Transition,
+} from "@dsat/sdk";
+import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IRequestOp } from "etcd3";
+import { applyCreate, applyTransition, type Outcome } from "./apply-transition.ts";
+import type { StatusOptions } from "./options.ts";
+
+/** The options a TaskStore uses. */
+export type TaskStoreOptions = Pick<
+  StatusOptions,
+  "prefix" | "cacheSize" | "maxTxnOps" | "maxTxnBytes" | "maxConflictRetries"
+>;
+
+/** The answer to one Report: an outcome per created task and per transition, in request order. */
+export interface ReportResult {
+  created: Outcome[];
+  transitions: Outcome[];
+}
+
+/** A task state as stored, with the revisions that fence writes and start watches. */
+export interface StoredTaskState {
+  readonly state: TaskState;
+  /** mod_revision of the key: the fencing token of the next write. */
+  readonly modRevision: string;
+  /** Revision of the store when it was read. */
+  readonly revision: string;
+}
+
+/** Transactions of one batch in flight at once, at most. */
+const TXN_CONCURRENCY = 8;
+
+/**
+ * TaskStore keeps task states in etcd (binary dsat.v1.TaskState with its history, at
+ * keys.task(id)) and applies reports to them.
+ *
+ * Reports are serialized and batched: every report queued while the previous batch was
+ * being written forms the next batch. A batch is grouped by task, applied in arrival
+ * order, and written by transactions of at most maxTxnOps keys and maxTxnBytes, each put
+ * fenced by a compare on the key's mod_revision (create_revision 0 for a new key), so
+ * that another StatusService writing the same task can never have its write lost: the
+ * loser re-reads, re-applies and tries again. A report resolves once every write it
+ * caused is committed.
+ */
+export class TaskStore {
+  readonly #etcd: Etcd3;
+  readonly #keys: Keys;
+  readonly #opts: TaskStoreOptions;
+  readonly #log: Logger;
+  readonly #cache: StateCache;
+  #queue: PendingReport[] = [];
+  #loop: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(etcd: Etcd3, options: TaskStoreOptions, logger: Logger) {
+    this.#etcd = etcd;
+    this.#opts = options;
+    this.#keys = new Keys(options.prefix);
+    this.#log = logger;
+    this.#cache = new StateCache(options.cacheSize);
+  }
+
+  /** Applies a report and resolves once what it changed is durable in etcd. */
+  report(request: ReportRequest): Promise<ReportResult> {
+    if (this.#closed) {
+      return Promise.reject(dsatError(Code.Unavailable, "the status server is shutting down; report to another one"));
+    }
+    return new Promise<ReportResult>((resolve, reject) => {
+      this.#queue.push({
+        request,
+        created: [],
+        transitions: [],
+        remaining: 0,
+        error: undefined,
+        settled: false,
+        resolve,
+        reject,
+      });
+      this.#kick();
+    });
+  }
+
+  /** Reads a task's state from etcd (never from the cache): undefined when there is none. */
+  async read(taskId: string): Promise<StoredTaskState | undefined> {
+    const res = await this.#etcd.kv.range({ key: Buffer.from(this.#keys.task(taskId)) });
+    const kv = res.kvs[0];
+    if (!kv) return undefined;
+    return {
+      state: fromBinary(TaskStateSchema, kv.value),
+      modRevision: kv.mod_revision,
+      revision: res.header.revision,
+    };
+  }
+
+  /** Refuses new reports and waits for the batches already taken to be written. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    const queued = this.#queue.splice(0);
+    for (const p of queued) {
+      p.settled = true;
+      p.reject(dsatError(Code.Unavailable, "the status server is shutting down; report to another one"));
+    }
+    await this.#loop;
+  }
+
+  #kick(): void {
+    if (this.#loop) return;
+    this.#loop = this.#run().finally(() => {
+      this.#loop = undefined;
+      if (this.#queue.length > 0) this.#kick();
+    });
+  }
+
+  async #run(): Promise<void> {
+    while (this.#queue.length > 0) {
+      const batch = this.#queue.splice(0);
+      try {
+        await this.#process(batch);
+      } catch (err) {
+        const e = toDsatError(err);
+        this.#log.error("a batch of reports failed", { error: e.message });
+        for (const p of batch) {
+          if (p.settled) continue;
+          p.settled = true;
+          p.reject(e);
+        }
+      }
+    }
+  }
+
+  async #process(batch: PendingReport[]): Promise<void> {
+    const groups = new Map<string, TaskGroup>();
+    const group = (taskId: string, report: PendingReport): TaskGroup => {
+      let g = groups.get(taskId);
+      if (!g) {
+        g = newGroup(taskId, this.#keys.task(taskId));
+        groups.set(taskId, g);
+      }
+      if (!g.reports.has(report)) {
+        g.reports.add(report);
+        report.remaining++;
+      }
+      return g;
+    };
+    const now = timestampNow();
+    for (const p of batch) {
+      const { created, transitions, routerId } = p.request;
+      created.forEach((task, index) => {
+        if (!task.id) p.created[index] = applyCreate(undefined, task, routerId, now).outcome;
+        else group(task.id, p).ops.push({ kind: "create", report: p, index, task, routerId });
+      });
+      transitions.forEach((transition, index) => {
+        if (!transition.taskId) p.transitions[index] = applyTransition(undefined, transition, now);
+        else group(transition.taskId, p).ops.push({ kind: "transition", report: p, index, transition });
+      });
+      if (p.remaining === 0) this.#finish(p);
+    }
+    if (groups.size === 0) return;
+
+    const all = [...groups.values()];
+    const misses: TaskGroup[] = [];
+    for (const g of all) {
+      const cached = this.#cache.get(g.taskId);
+      if (cached) g.base = cached;
+      else misses.push(g);
+    }
+    await this.#load(misses);
+
+    let todo = all;
+    while (todo.length > 0) {
+      const stamp = timestampNow();
+      for (const g of todo) this.#apply(g, stamp);
+      const quiet = todo.filter((g) => !g.write && !g.guard);
+      for (const g of quiet) this.#settle(g);
+      const chunks = this.#chunk(todo.filter((g) => g.write || g.guard));
+      const again: TaskGroup[] = [];
+      await mapLimit(chunks, TXN_CONCURRENCY, async (chunk) => {
+        again.push(...(await this.#commit(chunk)));
+      });
+      todo = [];
+      for (const g of again) {
+        if (g.conflicts <= this.#opts.maxConflictRetries) {
+          todo.push(g);
+          continue;
+        }
+        this.#fail(
+          g,
+          dsatError(
+            Code.Aborted,
+            `task ${g.taskId} kept changing under other writers (${g.conflicts} conflicts in a row); report again`,
+          ),
+        );
+      }
+      if (todo.length > 0) this.#log.debug("write conflict; applying again", { tasks: todo.length });
+    }
+  }
+
+  /** Reads the states of these groups from etcd into g.base and the cache. */
+  async #load(groups: TaskGroup[]): Promise<void> {
+    const chunks: TaskGroup[][] = [];
+    for (let i = 0; i < groups.length; i += this.#opts.maxTxnOps) {
+      chunks.push(groups.slice(i, i + this.#opts.maxTxnOps));
+    }
+    await mapLimit(chunks, TXN_CONCURRENCY, async (chunk) => {
+      const res = await this.#etcd.kv.txn({
+        success: chunk.map((g) => ({ request_range: { key: Buffer.from(g.key) } })),
+      });
+      chunk.forEach((g, i) => {
+        const kv = res.responses[i]?.response_range.kvs[0];
+        if (!kv) {
+          g.base = undefined;
+          this.#cache.delete(g.taskId);
+          return;
+        }
+        g.base = { state: fromBinary(TaskStateSchema, kv.value), modRevision: kv.mod_revision };
+        this.#cache.set(g.taskId, g.base);
+      });
+    });
+  }
+
+  /** Applies a group's operations, in order, to a copy of its base state. */
+  #apply(g: TaskGroup, now: Timestamp): void {
+    let state = g.base ? clone(TaskStateSchema, g.base.state) : undefined;
+    g.outcomes = [];
+    g.write = false;
+    g.guard = false;
+    for (const op of g.ops) {
+      let outcome: Outcome;
+      if (op.kind === "create") {
+        const r = applyCreate(state, op.task, op.routerId, now);
+        state = r.state;
+        outcome = r.outcome;
+      } else {
+        outcome = applyTransition(state, op.transition, now);
+        // A refusal decided on a cached state is only right if that state is still the
+        // newest: the compare of the transaction checks it.
+        if (!outcome.accepted) g.guard = true;
+      }
+      if (outcome.accepted && !outcome.duplicate) g.write = true;
+      g.outcomes.push(outcome);
+    }
+    g.next = state;
+    g.value = g.write && state ? Buffer.from(toBinary(TaskStateSchema, state)) : undefined;
+  }
+
+  /** Splits groups into transactions of at most maxTxnOps keys and maxTxnBytes of values. */
+  #chunk(groups: TaskGroup[]): TaskGroup[][] {
+    const chunks: TaskGroup[][] = [];
+    let current: TaskGroup[] = [];
+    let bytes = 0;
+    for (const g of groups) {
+      const size = g.key.length + (g.value?.length ?? 0);
+      if (current.length > 0 && (current.length >= this.#opts.maxTxnOps || bytes + size > this.#opts.maxTxnBytes)) {
+        chunks.push(current);
+        current = [];
+        bytes = 0;
+      }
+      current.push(g);
+      bytes += size;
+    }
+    if (current.length > 0) chunks.push(current);
+    return chunks;
+  }
+
+  /**
+   * Writes one chunk in one fenced transaction; returns the groups to apply and write
+   * again. When a compare fails, the failure branch reads every key of the chunk in the
+   * same transaction: the groups whose key changed get the new state as their base (a
+   * conflict), the others are written again as they are.
+   */
+  async #commit(chunk: TaskGroup[]): Promise<TaskGroup[]> {
+    const compare: ICompare[] = chunk.map((g) =>
+      g.base
+        ? { key: Buffer.from(g.key), target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: g.base.modRevision }
+        : { key: Buffer.from(g.key), target: CompareTarget.Create, result: CompareResult.Equal, create_revision: 0 },
+    );
+    const success: IRequestOp[] = [];
+    for (const g of chunk) {
+      if (g.value) success.push({ request_put: { key: Buffer.from(g.key), value: g.value } });
+    }
+    const failure: IRequestOp[] = chunk.map((g) => ({ request_range: { key: Buffer.from(g.key) } }));
+    let res: Awaited<ReturnType<Etcd3["kv"]["txn"]>>;
+    try {
+      res = await this.#etcd.kv.txn({ compare, success, failure });
+    } catch (err) {
+      // The transaction may or may not have been applied: forget what we knew, so that
+      // the next report re-reads; a report sent again is then a harmless replay.
+      const e = toDsatError(err);
+      this.#log.warn("writing task states failed", { tasks: chunk.length, error: e.message });
+      for (const g of chunk) {
+        this.#cache.delete(g.taskId);
+        this.#fail(g, e);
+      }
+      return [];
+    }
+    if (!res.succeeded) {
+      chunk.forEach((g, i) => {
+        const kv = res.responses[i]?.response_range.kvs[0];
+        if ((kv?.mod_revision ?? "0") === (g.base?.modRevision ?? "0")) return;
+        g.conflicts++;
+        g.base = kv ? { state: fromBinary(TaskStateSchema, kv.value), modRevision: kv.mod_revision } : undefined;
+        if (g.base) this.#cache.set(g.taskId, g.base);
+        else this.#cache.delete(g.taskId);
+      });
+      return chunk;
+    }
+    for (const g of chunk) {
+      g.conflicts = 0;
+      if (g.value && g.next) this.#cache.set(g.taskId, { state: g.next, modRevision: res.header.revision });
+      this.#settle(g);
+    }
+    return [];
+  }
+
+  /** Hands a group's outcomes to its reports. */
+  #settle(g: TaskGroup): void {
+    g.ops.forEach((op, i) => {
+      const outcome = g.outcomes[i];
+      if (!outcome) return;
+      if (op.kind === "create") op.report.created[op.index] = outcome;
+      else {
+        op.report.transitions[op.index] = outcome;
+        if (!outcome.accepted) {
+          const t = op.transition;
+          this.#log.warn("transition refused", {
+            task: t.taskId,
+            stage: t.stage,
+            attempt: t.attempt,
+            from: stateName(t.from),
+            to: stateName(t.to),
+            member: t.memberId,
+            reason: outcome.reason,
+          });
+        }
+      }
+    });
+    this.#release(g);
+  }
+
+  #fail(g: TaskGroup, err: ConnectError): void {
+    for (const p of g.reports) p.error ??= err;
+    this.#release(g);
+  }
+
+  #release(g: TaskGroup): void {
+    for (const p of g.reports) {
+      p.remaining--;
+      if (p.remaining === 0) this.#finish(p);
+    }
+  }
+
+  #finish(p: PendingReport): void {
+    if (p.settled) return;
+    p.settled = true;
+    if (p.error) p.reject(p.error);
+    else p.resolve({ created: p.created, transitions: p.transitions });
+  }
+}
+
+interface PendingReport {
+  readonly request: ReportRequest;
+  readonly created: Outcome[];
+  readonly transitions: Outcome[];
+  /** Task groups of the batch that this report waits for. */
+  remaining: number;
+  error: ConnectError | undefined;
+  settled: boolean;
+  resolve(result: ReportResult): void;
+  reject(err: unknown): void;
+}
+
+type Op =
+  | { kind: "create"; report: PendingReport; index: number; task: Task; routerId: string }
+  | { kind: "transition"; report: PendingReport; index: number; transition: Transition };
+
+interface CachedState {
+  readonly state: TaskState;
+  readonly modRevision: string;
+}
+
+/** Everything a batch does to one task. */
+interface TaskGroup {
+  readonly taskId: string;
+  readonly key: string;
+  readonly ops: Op[];
+  readonly reports: Set<PendingReport>;
+  /** The state the operations apply to (undefined: no such key). */
+  base: CachedState | undefined;
+  next: TaskState | undefined;
+  outcomes: Outcome[];
+  /** The state changed: put it. */
+  write: boolean;
+  /** An answer depends on the base state being the newest: compare it. */
+  guard: boolean;
+  value: Buffer | undefined;
+  /** Times in a row that another writer changed the task first. */
+  conflicts: number;
+}
+
+function newGroup(taskId: string, key: string): TaskGroup {
+  return {
+    taskId,
+    key,
+    ops: [],
+    reports: new Set(),
+    base: undefined,
+    next: undefined,
+    outcomes: [],
+    write: false,
+    guard: false,
+    value: undefined,
+    conflicts: 0,
+  };
+}
+
+/** A least-recently-used map of task states, bounded in entries. */
+class StateCache {
+  readonly #max: number;
+  readonly #map = new Map<string, CachedState>();
+
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  get(id: string): CachedState | undefined {
+    const v = this.#map.get(id);
+    if (v) {
+      this.#map.delete(id);
+      this.#map.set(id, v);
+    }
+    return v;
+  }
+
+  set(id: string, v: CachedState): void {
+    if (this.#max === 0) return;
+    this.#map.delete(id);
+    this.#map.set(id, v);
+    while (this.#map.size > this.#max) {
+      const oldest = this.#map.keys().next().value;
+      if (oldest === undefined) break;
+      this.#map.delete(oldest);
+    }
+  }
+
+  delete(id: string): void {
+    this.#map.delete(id);
+  }
+}
+
+/** Runs fn on every item, at most `limit` at a time. */
+async function mapLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      await fn(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
