@@ -69,6 +69,11 @@ export class AsyncQueue<T> implements AsyncIterable<T> {
         this.#items.length = 0;
         return Promise.resolve({ value: undefined, done: true });
       },
+      throw: (err?: unknown) => {
+        this.fail(err);
+        this.#items.length = 0;
+        return Promise.resolve({ value: undefined, done: true });
+      },
     };
   }
 }

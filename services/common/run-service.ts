@@ -35,9 +35,14 @@ export interface StartedService {
  * `ready {"kind":…,"id":…,"address":…}` on stdout once it serves, drains on SIGTERM,
  * closes on SIGINT, and exits 1 with a clear message when it cannot start.
  */
-export async function runService(kind: string, start: (flags: ServiceFlags) => Promise<StartedService>): Promise<void> {
+export async function runService(
+  kind: string,
+  start: (flags: ServiceFlags) => Promise<StartedService>,
+  extraFlags: readonly string[] = [],
+): Promise<void> {
   const { values } = parseArgs({
     options: {
+      ...Object.fromEntries(extraFlags.map((f) => [f, { type: "string" as const }])),
       etcd: { type: "string" },
       host: { type: "string" },
       port: { type: "string" },
@@ -46,7 +51,7 @@ export async function runService(kind: string, start: (flags: ServiceFlags) => P
       id: { type: "string" },
       "max-tasks": { type: "string" },
     },
-    strict: false,
+    strict: true,
   });
   const str = (v: unknown) => (typeof v === "string" ? v : undefined);
   const flags: ServiceFlags = {

@@ -86,6 +86,8 @@ export class RouterServer {
   readonly #queuedTask = new WeakMap<StageRun, TaskRun>();
   /** Workers refused, by member key: why. */
   readonly #refused = new Map<string, { member: Member; error: ConnectError }>();
+  /** Streams that broke in a row, by member key: how long to wait before dialling again. */
+  readonly #redials = new Map<string, number>();
   readonly #resultListeners = new Map<string, Set<(r: TaskResult) => void>>();
   #cancelWatcher: Watcher | undefined;
   #draining = false;
@@ -224,7 +226,10 @@ export class RouterServer {
 
   #connect(key: string, m: Member): void {
     const link = new WorkerLink(m, this.id, this.#opts.protocolVersion, {
-      onReady: (l) => this.#pump(l.member.stage),
+      onReady: (l) => {
+        this.#redials.delete(key);
+        this.#pump(l.member.stage);
+      },
       onTransition: (l, t) => this.#onWorkerTransition(l, t),
       onClosed: (l, err) => this.#onLinkClosed(key, l, err),
     });
@@ -259,11 +264,13 @@ export class RouterServer {
     // A worker still in etcd whose stream broke for another reason is dialled again.
     const m = this.#workers.members.get(key);
     if (m && !this.#closed && err?.code !== Code.FailedPrecondition && !link.leaving) {
+      const failures = (this.#redials.get(key) ?? 0) + 1;
+      this.#redials.set(key, failures);
       setTimeout(() => {
         const again = this.#workers.members.get(key);
         if (again && !this.#links.has(key) && !this.#closed) this.#connect(key, again);
-      }, 200).unref();
-    }
+      }, Math.min(100 * 2 ** failures, 5_000)).unref();
+    } else this.#redials.delete(key);
   }
 
   /** Picks links for queued stage runs while there are both. */

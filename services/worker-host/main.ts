@@ -29,4 +29,4 @@ await runService("worker", async (flags) => {
     ...(typeof flags.rest["protocol-version"] === "string" ? { protocolVersion: flags.rest["protocol-version"] } : {}),
   });
   return { id: worker.id, address: worker.address, close: () => worker.close(), drain: () => worker.drain() };
-});
+}, ["stage", "module", "export", "concurrency", "protocol-version"]);

@@ -1,0 +1,79 @@
+import { createClient, type DsatClient } from "@dsat/sdk";
+import { startEtcd, type TestEtcd } from "./etcd.ts";
+import { type ServiceProcess, startService } from "./processes.ts";
+
+/** A mesh of real processes on loopback against a real etcd. */
+export interface TestMesh {
+  readonly etcd: TestEtcd;
+  readonly status: ServiceProcess[];
+  readonly routers: ServiceProcess[];
+  readonly workers: ServiceProcess[];
+  readonly client: DsatClient;
+  /** Starts one more worker process for a stage, running an export of test/fixtures/stages.ts. */
+  addWorker(stage: string, exportName: string, extra?: string[]): Promise<ServiceProcess>;
+  close(): Promise<void>;
+}
+
+/** Options of {@link startMesh}. */
+export interface MeshOptions {
+  /** Status processes. Default 1. */
+  status?: number;
+  /** Router processes. Default 1. */
+  routers?: number;
+  /** Extra router flags. */
+  routerArgs?: string[];
+  /** Lease TTL of every member, in seconds. Default 2. */
+  leaseTtlSeconds?: number;
+}
+
+/** Starts etcd, status and router processes, and a client that finds them in etcd. */
+export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
+  const etcd = await startEtcd();
+  const ttl = String(options.leaseTtlSeconds ?? 2);
+  const common = ["--etcd", etcd.endpoint, "--lease-ttl", ttl];
+  const all: ServiceProcess[] = [];
+  const status: ServiceProcess[] = [];
+  const routers: ServiceProcess[] = [];
+  const workers: ServiceProcess[] = [];
+  try {
+    for (let i = 0; i < (options.status ?? 1); i++) {
+      const p = await startService("services/status/main.ts", common);
+      status.push(p);
+      all.push(p);
+    }
+    for (let i = 0; i < (options.routers ?? 1); i++) {
+      const p = await startService("services/router/main.ts", [...common, ...(options.routerArgs ?? [])]);
+      routers.push(p);
+      all.push(p);
+    }
+  } catch (err) {
+    await Promise.all(all.map((p) => p.kill9()));
+    await etcd.close();
+    throw err;
+  }
+  const client = createClient({ etcd: etcd.endpoint });
+  return {
+    etcd,
+    status,
+    routers,
+    workers,
+    client,
+    addWorker: async (stage, exportName, extra = []) => {
+      const p = await startService("services/worker-host/main.ts", [
+        ...common,
+        "--stage", stage,
+        "--module", "test/fixtures/stages.ts",
+        "--export", exportName,
+        ...extra,
+      ]);
+      workers.push(p);
+      all.push(p);
+      return p;
+    },
+    close: async () => {
+      await client.close();
+      await Promise.all([...all, ...workers.filter((w) => !all.includes(w))].map((p) => p.kill9()));
+      await etcd.close();
+    },
+  };
+}

@@ -1,0 +1,111 @@
+import test from "ava";
+import { Code, ConnectError, State, stateName } from "@dsat/sdk";
+import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import { waitFor } from "./helpers/wait.ts";
+
+interface Trail {
+  v: number;
+  path: string[];
+}
+
+let mesh: TestMesh;
+
+test.before(async () => {
+  mesh = await startMesh();
+  await mesh.client.applyPipeline({
+    name: "chain",
+    stages: [{ name: "add" }, { name: "double" }, { name: "minus3" }],
+  });
+  const starts = [];
+  for (const [stage, fn] of [["add", "add"], ["double", "double"], ["minus3", "minus3"]] as const) {
+    for (let i = 0; i < 3; i++) starts.push(mesh.addWorker(stage, fn));
+  }
+  await Promise.all(starts);
+});
+
+test.after.always(async () => {
+  await mesh?.close();
+});
+
+test.serial("a three-stage pipeline over three workers per stage: every task succeeds, outputs chain, shares are fair", async (t) => {
+  const workers = await waitFor(async () => {
+    const views = await mesh.client.listWorkers();
+    const connected = views.flatMap((v) => v.workers).filter((w) => w.connected);
+    return connected.length === 9 ? connected : undefined;
+  }, { what: "the router to connect to 9 workers" });
+  t.is(workers.length, 9);
+
+  const N = 300;
+  const results = await Promise.all(
+    Array.from({ length: N }, (_, i) => mesh.client.run("chain", { v: i, path: [] })),
+  );
+  const perWorker = new Map<string, number>();
+  results.forEach((r, i) => {
+    t.is(stateName(r.state), "SUCCEEDED", `task ${r.taskId}: ${r.error?.message}`);
+    const out = r.output.json<Trail>();
+    t.is(out.v, (i + 1) * 2 - 3);
+    t.is(out.path.length, 3);
+    for (const w of out.path) perWorker.set(w, (perWorker.get(w) ?? 0) + 1);
+  });
+  t.is(perWorker.size, 9, "every worker ran tasks");
+  for (const [w, n] of perWorker) {
+    // A fair share is N/3 per worker of a stage; round-robin keeps each near it.
+    t.true(n >= N / 3 / 2, `worker ${w} ran ${n} of ${N} tasks at its stage`);
+  }
+});
+
+test.serial("Watch during the run and after the end give the same ordered transitions; GetState is right", async (t) => {
+  const taskId = `watch-${Date.now()}`;
+  await mesh.client.submit("chain", { v: 1, path: [] }, { taskId });
+  const live: string[] = [];
+  for await (const tr of mesh.client.watch(taskId)) live.push(`${tr.seq}:${tr.stage}:${stateName(tr.to)}`);
+  const after: string[] = [];
+  for await (const tr of mesh.client.watch(taskId)) after.push(`${tr.seq}:${tr.stage}:${stateName(tr.to)}`);
+  t.deepEqual(live, after);
+  t.is(live.at(-1), `${live.length}::SUCCEEDED`);
+  t.deepEqual(
+    live.map((s) => s.split(":").slice(1).join(":")),
+    [
+      ":PENDING",
+      "add:PENDING",
+      ":RUNNING",
+      "add:DISPATCHED",
+      "add:RUNNING",
+      "add:SUCCEEDED",
+      "double:PENDING",
+      "double:DISPATCHED",
+      "double:RUNNING",
+      "double:SUCCEEDED",
+      "minus3:PENDING",
+      "minus3:DISPATCHED",
+      "minus3:RUNNING",
+      "minus3:SUCCEEDED",
+      ":SUCCEEDED",
+    ],
+  );
+  const state = await mesh.client.getState(taskId);
+  t.is(state.state, State.SUCCEEDED);
+  t.is((JSON.parse(new TextDecoder().decode(state.output)) as Trail).v, (1 + 1) * 2 - 3);
+  t.deepEqual(state.stages.map((s) => `${s.name}:${stateName(s.state)}:${s.attempt}`), [
+    "add:SUCCEEDED:1",
+    "double:SUCCEEDED:1",
+    "minus3:SUCCEEDED:1",
+  ]);
+  t.true(state.stages.every((s) => s.workerId.length > 0));
+});
+
+test.serial("unknown pipeline is NOT_FOUND; empty or malformed requests are INVALID_ARGUMENT", async (t) => {
+  const code = async (p: Promise<unknown>) => {
+    const e = await t.throwsAsync(p);
+    return ConnectError.from(e).code;
+  };
+  t.is(await code(mesh.client.submit("no-such-pipeline", {})), Code.NotFound);
+  t.is(await code(mesh.client.submit("", {})), Code.InvalidArgument);
+  t.is(await code(mesh.client.submit("chain", {}, { taskId: "bad id with spaces" })), Code.InvalidArgument);
+  t.is(await code(mesh.client.getState("")), Code.InvalidArgument);
+  t.is(await code(mesh.client.getState("never-submitted")), Code.NotFound);
+  t.is(await code(mesh.client.cancel("")), Code.InvalidArgument);
+  t.is(await code(mesh.client.applyPipeline({ name: "cyclic", stages: [{ name: "a" }, { name: "b" }], edges: [{ from: "a", to: "b" }, { from: "b", to: "a" }] })), Code.InvalidArgument);
+  const e = await t.throwsAsync(mesh.client.run("no-such-pipeline", {}));
+  t.regex(e?.message ?? "", /pipeline "no-such-pipeline" not found/);
+});
