@@ -24,6 +24,7 @@ export function connectEtcd(options: Partial<EtcdOptions> = {}): Etcd3 {
   const timeout = options.callTimeoutMs ?? 5_000;
   return new Etcd3({
     hosts,
-    defaultCallOptions: () => ({ deadline: new Date(Date.now() + timeout) }),
+    // Streams (watches, lease keep-alives) live on: a deadline would cut them every `timeout`.
+    defaultCallOptions: (context) => (context.isStream ? {} : { deadline: new Date(Date.now() + timeout) }),
   });
 }

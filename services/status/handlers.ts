@@ -6,7 +6,7 @@ import {
   type ConnectError,
   dsatError,
   isTaskTerminal,
-  Keys,
+  type Keys,
   type ListRequest,
   type ListResponseSchema,
   type Logger,
@@ -96,8 +96,9 @@ export class StatusHandlers {
     const key = this.#keys.task(taskId);
     let lastSeq = req.afterSeq;
 
-    /** Sends what is new in a state; true once the task-level terminal transition is sent. */
+    /** Sends what is new in a state; true once the task-level terminal transition is sent (or the call is gone). */
     const sendNew = (state: TaskState): boolean => {
+      if (call.cancelled) return true;
       for (const t of state.history) {
         if (t.seq > lastSeq) {
           call.write({ transition: t });

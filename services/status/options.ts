@@ -58,7 +58,17 @@ export function resolveStatusOptions(options: Partial<StatusOptions> = {}): Stat
   const opts: StatusOptions = { ...DEFAULT_STATUS_OPTIONS, ...defined };
   if (opts.etcd === "") opts.etcd = defaultEtcdEndpoints();
   if (opts.id === "") opts.id = `status-${hostname()}-${process.pid}-${randomBytes(2).toString("hex")}`;
-  if (opts.maxTxnOps < 1) throw new RangeError(`maxTxnOps must be at least 1, not ${opts.maxTxnOps}`);
-  if (opts.cacheSize < 0) throw new RangeError(`cacheSize must not be negative, not ${opts.cacheSize}`);
+  const check = (name: keyof StatusOptions, value: number, min: number, max: number) => {
+    if (!Number.isInteger(value) || value < min || value > max) {
+      throw new RangeError(`${name} must be an integer from ${min} to ${max}, not ${value}`);
+    }
+  };
+  check("port", opts.port, 0, 65_535);
+  check("leaseTtlSeconds", opts.leaseTtlSeconds, 1, 3_600);
+  check("cacheSize", opts.cacheSize, 0, Number.MAX_SAFE_INTEGER);
+  check("maxTxnOps", opts.maxTxnOps, 1, Number.MAX_SAFE_INTEGER);
+  check("maxTxnBytes", opts.maxTxnBytes, 1, Number.MAX_SAFE_INTEGER);
+  check("maxConflictRetries", opts.maxConflictRetries, 0, Number.MAX_SAFE_INTEGER);
+  check("connectTimeoutMs", opts.connectTimeoutMs, 1, Number.MAX_SAFE_INTEGER);
   return opts;
 }

@@ -125,6 +125,8 @@ export class TaskStore {
 
   async #run(): Promise<void> {
     while (this.#queue.length > 0) {
+      // Let the reports that arrived in the same turn of the event loop join this batch.
+      await new Promise((resolve) => setImmediate(resolve));
       const batch = this.#queue.splice(0);
       try {
         await this.#process(batch);
