@@ -84,6 +84,13 @@ export async function runService(
   };
   process.on("SIGTERM", () => void stop(true));
   process.on("SIGINT", () => void stop(false));
+  // Started by a supervisor or a test: go when it goes, even when it was killed with -9.
+  if (process.env.DSAT_EXIT_WITH_PARENT === "1") {
+    const parent = process.ppid;
+    setInterval(() => {
+      if (process.ppid !== parent) void stop(false);
+    }, 1_000).unref();
+  }
 }
 
 function withDeadline<T>(p: Promise<T>, ms: number, message: string): Promise<T> {

@@ -546,16 +546,21 @@ export class RouterServer {
     run.state = to;
     if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
     this.#stopStages(run, error?.message ?? "the task ended");
-    this.#reporter.send(this.#transition(run, undefined, from, to, { output, error }));
+    const stored = this.#reporter.sendDurable(this.#transition(run, undefined, from, to, { output, error }));
     this.#tasks.delete(run.task.id);
     if (to === State.SUCCEEDED) this.counters.succeeded++;
     else this.counters.failed++;
     const listeners = this.#resultListeners.get(run.task.id);
-    if (listeners) {
-      this.#resultListeners.delete(run.task.id);
-      const result = create(TaskResultSchema, { taskId: run.task.id, state: to, output, error });
-      for (const l of listeners) l(result);
-    }
+    if (!listeners) return;
+    this.#resultListeners.delete(run.task.id);
+    // A result is told once it is stored, so that GetState agrees with it from then on.
+    const result = create(TaskResultSchema, { taskId: run.task.id, state: to, output, error });
+    stored.then(
+      () => {
+        for (const l of listeners) l(result);
+      },
+      (err: unknown) => this.#log.error("a terminal transition could not be stored", { task: run.task.id, error: err }),
+    );
   }
 
   /** Cancels every stage of a task that has not ended. */

@@ -86,6 +86,14 @@ export class StatusReporter {
     }).then(() => isNew);
   }
 
+  /** Queues a transition and resolves once it is durable (or rejects when given up). */
+  sendDurable(t: Transition): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ transition: t, done: { resolve, reject } });
+      this.#kick();
+    });
+  }
+
   /** Queues a transition; it is sent in order with everything else. */
   send(t: Transition): void {
     this.#queue.push({ transition: t });

@@ -30,7 +30,7 @@ export interface ServiceProcess {
 export async function startService(entry: string, args: string[], env: Record<string, string> = {}): Promise<ServiceProcess> {
   const child = spawn(process.execPath, ["--conditions=source", "--disable-warning=ExperimentalWarning", entry, ...args], {
     cwd: ROOT,
-    env: { ...process.env, ...env },
+    env: { ...process.env, DSAT_EXIT_WITH_PARENT: "1", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let err = "";
