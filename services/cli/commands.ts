@@ -1,0 +1,178 @@
+import { existsSync, readFileSync } from "node:fs";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import {
+  Code,
+  type DsatClient,
+  defaultEtcdEndpoints,
+  isTaskTerminal,
+  MemberKind,
+  type Pipeline,
+  State,
+  stateName,
+  type TaskState,
+  type Transition,
+  dsatError,
+} from "@dsat/sdk";
+import { loadPipelineFile } from "./pipeline-file.ts";
+import { table } from "./render.ts";
+import { UP_FILE } from "./satellite.ts";
+
+/** Where the CLI finds etcd: --etcd, DSAT_ETCD, the `dsat up` of this folder, else 127.0.0.1:2379. */
+export function resolveEtcd(flag: string | undefined): string {
+  if (flag) return flag;
+  if (process.env.DSAT_ETCD) return process.env.DSAT_ETCD;
+  if (existsSync(UP_FILE)) {
+    try {
+      const up = JSON.parse(readFileSync(UP_FILE, "utf8")) as { etcd?: string };
+      if (up.etcd) return up.etcd;
+    } catch {
+      // A torn file: fall through to the default.
+    }
+  }
+  return defaultEtcdEndpoints();
+}
+
+/** The payload argument: JSON text, @file for a file's bytes, or nothing. */
+export function readPayload(arg: string | undefined): unknown {
+  if (arg === undefined) return undefined;
+  if (arg.startsWith("@")) return new Uint8Array(readFileSync(arg.slice(1)));
+  try {
+    return JSON.parse(arg);
+  } catch {
+    return arg;
+  }
+}
+
+const out = (s: string) => process.stdout.write(`${s}\n`);
+
+function when(ts: { seconds: bigint; nanos: number } | undefined): string {
+  return ts ? timestampDate(ts as never).toISOString().slice(11, 23) : "";
+}
+
+function short(s: string): string {
+  return s.length > 36 ? `${s.slice(0, 33)}...` : s;
+}
+
+export async function pipelineApply(client: DsatClient, file: string): Promise<void> {
+  const f = loadPipelineFile(file);
+  const { pipeline, changed } = await client.applyPipeline(f.pipeline);
+  out(`${pipeline.name}: version ${pipeline.version}${changed ? " applied" : " unchanged"}`);
+}
+
+export async function pipelineList(client: DsatClient): Promise<void> {
+  const list = await client.listPipelines();
+  out(table(["PIPELINE", "VERSION", "STAGES"], list.map((p: Pipeline) => [p.name, Number(p.version), graphText(p)])));
+}
+
+function graphText(p: Pipeline): string {
+  if (p.edges.length === 0) return p.stages.map((s) => s.name).join(" -> ");
+  return p.edges.map((e) => `${e.from}${e.port ? `[${e.port}]` : ""}->${e.to}`).join(", ");
+}
+
+export async function submit(client: DsatClient, pipeline: string, payload: unknown, opts: { wait: boolean; id?: string }): Promise<number> {
+  if (opts.wait) {
+    const r = await client.run(pipeline, payload, { taskId: opts.id });
+    out(`${r.taskId} ${stateName(r.state)}`);
+    if (r.ok) out(r.output.text());
+    else out(`${r.error?.code}: ${r.error?.message}`);
+    return r.ok ? 0 : 1;
+  }
+  out(await client.submit(pipeline, payload, { taskId: opts.id }));
+  return 0;
+}
+
+/** `dsat watch ID`: the task's transitions as they happen, one line each, until it ends. */
+export async function watch(client: DsatClient, taskId: string): Promise<number> {
+  out(table(["TIME", "STAGE", "ATTEMPT", "TRANSITION", "BY", "NOTE"], []));
+  let last: Transition | undefined;
+  for await (const t of client.watch(taskId)) {
+    last = t;
+    const note = t.error ? `${t.error.code}: ${t.error.message}` : t.port ? `port ${t.port}` : "";
+    out(
+      [
+        when(t.time).padEnd(12),
+        (t.stage || "(task)").padEnd(12),
+        String(t.attempt || "").padEnd(7),
+        `${stateName(t.from)} → ${stateName(t.to)}`.padEnd(26),
+        short(t.workerId || t.memberId).padEnd(36),
+        note,
+      ].join("  "),
+    );
+  }
+  const ok = last !== undefined && isTaskTerminal(last.to) && last.to === State.SUCCEEDED;
+  return ok ? 0 : 1;
+}
+
+export async function state(client: DsatClient, taskId: string): Promise<void> {
+  const s: TaskState = await client.getState(taskId);
+  out(`task      ${s.task?.id}`);
+  out(`pipeline  ${s.task?.pipeline} v${s.task?.pipelineVersion}`);
+  out(`state     ${stateName(s.state)}`);
+  if (s.error) out(`error     ${s.error.code}: ${s.error.message}`);
+  if (s.output.length > 0) out(`output    ${new TextDecoder().decode(s.output).slice(0, 500)}`);
+  out("");
+  out(
+    table(
+      ["STAGE", "STATE", "ATTEMPT", "WORKER", "STARTED", "ENDED", "ERROR"],
+      s.stages.map((st) => [
+        st.name,
+        stateName(st.state),
+        st.attempt,
+        short(st.workerId),
+        when(st.startedAt),
+        when(st.endedAt),
+        st.error ? `${st.error.code}: ${st.error.message}` : "",
+      ]),
+    ),
+  );
+}
+
+/** `dsat members`: who is up, their stage, version and load (as the routers see it). */
+export async function members(client: DsatClient): Promise<void> {
+  const list = await client.members();
+  const load = new Map<string, string>();
+  const refused = new Map<string, string>();
+  try {
+    for (const view of await client.listWorkers()) {
+      for (const w of view.workers) {
+        if (w.refusedCode) refused.set(w.id, w.refusedMessage);
+        else load.set(w.id, `${w.inFlight}/${w.capacity}`);
+      }
+    }
+  } catch {
+    // No router: load is unknown.
+  }
+  const kind = (k: MemberKind) => (k === MemberKind.ROUTER ? "router" : k === MemberKind.WORKER ? "worker" : k === MemberKind.STATUS ? "status" : "?");
+  const rows = list
+    .sort((a, b) => a.kind - b.kind || a.stage.localeCompare(b.stage) || a.id.localeCompare(b.id))
+    .map((m) => [
+      kind(m.kind),
+      m.id,
+      m.address,
+      m.stage || "-",
+      m.version,
+      m.kind === MemberKind.WORKER ? (refused.has(m.id) ? "REFUSED" : (load.get(m.id) ?? `?/${m.capacity}`)) : "-",
+      m.runtime,
+      m.startedAt ? `${Math.round((Date.now() - timestampDate(m.startedAt).getTime()) / 1000)}s` : "",
+    ]);
+  out(table(["KIND", "ID", "ADDRESS", "STAGE", "VERSION", "LOAD", "RUNTIME", "UP"], rows));
+  for (const [id, why] of refused) out(`refused ${id}: ${why}`);
+}
+
+export async function list(client: DsatClient, opts: { pipeline?: string; state?: string; limit: number }): Promise<void> {
+  const states = opts.state
+    ? opts.state.split(",").map((s) => {
+        const v = (State as unknown as Record<string, number>)[s.trim().toUpperCase()];
+        if (v === undefined) throw dsatError(Code.InvalidArgument, `unknown state "${s}" (use PENDING, RUNNING, SUCCEEDED, FAILED, TIMED_OUT, CANCELLED…)`);
+        return v as State;
+      })
+    : [];
+  const res = await client.list({ pipeline: opts.pipeline ?? "", states, pageSize: opts.limit });
+  out(
+    table(
+      ["TASK", "PIPELINE", "STATE", "STAGES", "UPDATED"],
+      res.tasks.map((s) => [s.task?.id ?? "", s.task?.pipeline ?? "", stateName(s.state), s.stages.map((x) => `${x.name}:${stateName(x.state)}`).join(" "), when(s.updatedAt)]),
+    ),
+  );
+  if (res.nextPageToken) out(`… more (page token ${res.nextPageToken})`);
+}
