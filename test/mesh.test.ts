@@ -1,5 +1,5 @@
 import test from "ava";
-import { Code, ConnectError, State, stateName } from "@dsat/sdk";
+import { Code, ConnectError, clientTo, State, StatusService, stateName } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -54,11 +54,24 @@ test.serial("a three-stage pipeline over three workers per stage: every task suc
   }
 });
 
-test.serial("Watch during the run and after the end give the same ordered transitions; GetState is right", async (t) => {
+test.serial("Watch from before submit and from after the end give the same ordered transitions; GetState is right", async (t) => {
   const taskId = `watch-${Date.now()}`;
-  await mesh.client.submit("chain", { v: 1, path: [] }, { taskId });
   const live: string[] = [];
-  for await (const tr of mesh.client.watch(taskId)) live.push(`${tr.seq}:${tr.stage}:${stateName(tr.to)}`);
+  let opened = false;
+  const watching = (async () => {
+    // The status server sends headers once its watch is on: only then is the task submitted.
+    const stream = clientTo(StatusService, mesh.status[0]?.address ?? "").watch(
+      { taskId, waitForTask: true },
+      { onHeader: () => (opened = true) },
+    );
+    for await (const r of stream) {
+      const tr = r.transition;
+      if (tr) live.push(`${tr.seq}:${tr.stage}:${stateName(tr.to)}`);
+    }
+  })();
+  await waitFor(() => opened);
+  await mesh.client.submit("chain", { v: 1, path: [] }, { taskId });
+  await watching;
   const after: string[] = [];
   for await (const tr of mesh.client.watch(taskId)) after.push(`${tr.seq}:${tr.stage}:${stateName(tr.to)}`);
   t.deepEqual(live, after);

@@ -2,7 +2,7 @@
 
 // ---------------------------------------------------------------------------- client
 export { createClient } from "./client/client.ts";
-export type { DsatClient, ClientOptions, RunResult, SubmitOptions } from "./client/client.ts";
+export type { DsatClient, ClientOptions, RunResult, SubmitOptions, WatchOptions } from "./client/client.ts";
 
 // ---------------------------------------------------------------------------- worker
 export { createWorker, routeTo } from "./worker/worker.ts";

@@ -23,7 +23,7 @@ import {
   type WatchRequest,
   type WatchResponseSchema,
 } from "@dsat/sdk";
-import type * as grpc from "@grpc/grpc-js";
+import * as grpc from "@grpc/grpc-js";
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, SortOrder, SortTarget, type Watcher } from "etcd3";
 import type { TaskStore } from "./task-store.ts";
 
@@ -91,8 +91,8 @@ export class StatusHandlers {
   async #watch(req: WatchRequest, call: WatchCall): Promise<void> {
     const taskId = req.taskId;
     if (!taskId) throw dsatError(Code.InvalidArgument, "task_id is required");
-    const first = await this.#store.read(taskId);
-    if (!first) throw dsatError(Code.NotFound, `task "${taskId}" not found`);
+    const first = await this.#store.readAt(taskId);
+    if (!first.stored && !req.waitForTask) throw dsatError(Code.NotFound, `task "${taskId}" not found`);
     const key = this.#keys.task(taskId);
     let lastSeq = req.afterSeq;
 
@@ -108,7 +108,9 @@ export class StatusHandlers {
       }
       return false;
     };
-    if (sendNew(first.state) || call.cancelled) return;
+    if ((first.stored && sendNew(first.stored.state)) || call.cancelled) return;
+    // Headers now: a client that waits for a task it is about to submit knows the watch is on.
+    call.sendMetadata(new grpc.Metadata());
 
     await new Promise<void>((resolve, reject) => {
       let watcher: Watcher | undefined;
@@ -157,11 +159,11 @@ export class StatusHandlers {
         if (++restarts > WATCH_RESTARTS) {
           throw dsatError(Code.Unavailable, `the etcd watch of task "${taskId}" failed ${WATCH_RESTARTS} times`);
         }
-        const stored = await this.#store.read(taskId);
+        const { stored, revision } = await this.#store.readAt(taskId);
         if (finished) return;
-        if (!stored) throw dsatError(Code.NotFound, `task "${taskId}" was deleted`);
-        if (sendNew(stored.state)) finish();
-        else await start(nextRevision(stored.revision));
+        if (!stored && lastSeq > 0n) throw dsatError(Code.NotFound, `task "${taskId}" was deleted`);
+        if (stored && sendNew(stored.state)) finish();
+        else await start(nextRevision(revision));
       };
 
       start(nextRevision(first.revision)).catch((e: unknown) => finish(toDsatError(e)));

@@ -94,12 +94,16 @@ export class TaskStore {
 
   /** Reads a task's state from etcd (never from the cache): undefined when there is none. */
   async read(taskId: string): Promise<StoredTaskState | undefined> {
+    return (await this.readAt(taskId)).stored;
+  }
+
+  /** Reads a task's state, and the etcd revision the read saw (also when there is no task). */
+  async readAt(taskId: string): Promise<{ stored: StoredTaskState | undefined; revision: string }> {
     const res = await this.#etcd.kv.range({ key: Buffer.from(this.#keys.task(taskId)) });
     const kv = res.kvs[0];
-    if (!kv) return undefined;
+    if (!kv) return { stored: undefined, revision: res.header.revision };
     return {
-      state: fromBinary(TaskStateSchema, kv.value),
-      modRevision: kv.mod_revision,
+      stored: { state: fromBinary(TaskStateSchema, kv.value), modRevision: kv.mod_revision, revision: res.header.revision },
       revision: res.header.revision,
     };
   }

@@ -55,6 +55,15 @@ export interface SubmitOptions {
   deadline?: Date | number;
 }
 
+/** Options of `watch`. */
+export interface WatchOptions {
+  /** Resume after this seq. Default 0: from the start. */
+  afterSeq?: bigint;
+  /** Wait for a task that does not exist yet (an id you are about to submit). Default false. */
+  waitForTask?: boolean;
+  signal?: AbortSignal;
+}
+
 /** The end of a task, as `run` returns it. */
 export interface RunResult {
   readonly taskId: string;
@@ -72,7 +81,7 @@ export interface DsatClient {
   /** Submits a task and resolves when it ends. */
   run(pipeline: string, payload?: unknown, options?: SubmitOptions): Promise<RunResult>;
   /** The task's transitions: its history, then live ones, ending at its end. */
-  watch(taskId: string, options?: { afterSeq?: bigint; signal?: AbortSignal }): AsyncIterable<Transition>;
+  watch(taskId: string, options?: WatchOptions): AsyncIterable<Transition>;
   /** A snapshot of a task. */
   getState(taskId: string, options?: { history?: boolean }): Promise<TaskState>;
   /** Cancels a task wherever it runs. */
@@ -241,14 +250,17 @@ class Client implements DsatClient {
     return { $typeName: "dsat.v1.TaskResult", taskId, state: s.state, output: s.output, error: s.error };
   }
 
-  async *watch(taskId: string, options: { afterSeq?: bigint; signal?: AbortSignal } = {}): AsyncGenerator<Transition> {
+  async *watch(taskId: string, options: WatchOptions = {}): AsyncGenerator<Transition> {
     let after = options.afterSeq ?? 0n;
     let failures = 0;
     for (;;) {
       const list = await this.#addresses("status");
       const address = list[this.#next++ % list.length] as string;
       try {
-        const stream = clientTo(StatusService, address).watch({ taskId, afterSeq: after }, { signal: options.signal });
+        const stream = clientTo(StatusService, address).watch(
+          { taskId, afterSeq: after, waitForTask: options.waitForTask ?? false },
+          { signal: options.signal },
+        );
         for await (const res of stream) {
           const t = res.transition;
           if (!t || t.seq <= after) continue;

@@ -150,6 +150,14 @@ export declare type WatchRequest = Message<"dsat.v1.WatchRequest"> & {
    * @generated from field: uint64 after_seq = 2;
    */
   afterSeq: bigint;
+
+  /**
+   * Wait for a task that does not exist yet (a client-chosen id about to be submitted)
+   * instead of answering NOT_FOUND. The call's deadline bounds the wait.
+   *
+   * @generated from field: bool wait_for_task = 3;
+   */
+  waitForTask: boolean;
 };
 
 /**
