@@ -11,7 +11,9 @@ import {
   stateName,
   type TaskState,
   type Transition,
+  connectEtcd,
   dsatError,
+  toDsatError,
 } from "@dsat/sdk";
 import { loadPipelineFile } from "./pipeline-file.ts";
 import { table } from "./render.ts";
@@ -30,6 +32,25 @@ export function resolveEtcd(flag: string | undefined): string {
     }
   }
   return defaultEtcdEndpoints();
+}
+
+/**
+ * Fails with a message a person can act on when etcd does not answer within a few seconds
+ * (every command but `up` and `demo` needs it).
+ */
+export async function checkEtcd(endpoints: string): Promise<void> {
+  const etcd = connectEtcd({ endpoints, callTimeoutMs: 3_000 });
+  try {
+    await etcd.get("/dsat/v1/probe").string();
+  } catch (err) {
+    const why = toDsatError(err).rawMessage.replace(/^\d+ [A-Z_]+: /, "").split(". ")[0];
+    throw dsatError(
+      Code.Unavailable,
+      `cannot reach etcd at ${endpoints} (${why}). Start a local mesh with \`dsat up\`, or pass --etcd HOST:PORT (or set DSAT_ETCD).`,
+    );
+  } finally {
+    etcd.close();
+  }
 }
 
 /** The payload argument: JSON text, @file for a file's bytes, or nothing. */

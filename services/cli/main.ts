@@ -1,6 +1,6 @@
 // The dsat command. `dsat help` lists what it does.
 import { parseArgs } from "node:util";
-import { Code, createClient, DSAT_VERSION, toDsatError } from "@dsat/sdk";
+import { createClient, DSAT_VERSION, toDsatError } from "@dsat/sdk";
 import * as cmd from "./commands.ts";
 import { runDemo } from "./demo.ts";
 import { loadPipelineFile } from "./pipeline-file.ts";
@@ -70,6 +70,7 @@ async function main(): Promise<number> {
   const etcd = cmd.resolveEtcd(values.etcd);
   const client = createClient({ etcd, timeoutMs: 10_000 });
   try {
+    await cmd.checkEtcd(etcd);
     switch (command) {
       case "pipeline":
         if (args[0] === "apply" && args[1]) await cmd.pipelineApply(client, args[1]);
@@ -102,8 +103,7 @@ async function main(): Promise<number> {
     }
   } catch (err) {
     const e = toDsatError(err);
-    const hint = e.code === Code.Unavailable ? `\n(etcd: ${etcd}; start a local mesh with \`dsat up\` or pass --etcd)` : "";
-    process.stderr.write(`dsat ${command}: ${e.rawMessage}${hint}\n`);
+    process.stderr.write(`dsat ${command}: ${e.rawMessage}\n`);
     return 1;
   } finally {
     await client.close();
