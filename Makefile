@@ -15,7 +15,9 @@ deps: node_modules/.installed
 
 node_modules/.installed: package.json package-lock.json sdk/package.json
 	@bash scripts/ensure-node.sh
-	npm ci --no-audit --no-fund --loglevel=error
+	@# npm ci refuses this lock file: the registry mirror here lacks some other platforms'
+	@# optional binaries (biome, buf), so npm install (which follows the lock) does the job.
+	npm install --no-audit --no-fund --loglevel=error
 	@$(NODE) --version | grep -q '^v24\.' || { echo "Node 24 did not install (node_modules/.bin/node is $$($(NODE) --version))"; exit 1; }
 	@touch $@
 
