@@ -1,0 +1,66 @@
+import test from "ava";
+import { Code, ConnectError, connectEtcd, createClient, Keys, stateName } from "@dsat/sdk";
+import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import { startService } from "./helpers/processes.ts";
+import { waitFor } from "./helpers/wait.ts";
+
+let mesh: TestMesh;
+
+test.before(async () => {
+  mesh = await startMesh({ leaseTtlSeconds: 2 });
+  await mesh.client.applyPipeline({ name: "holds", stages: [{ name: "hold" }] });
+});
+
+test.after.always(async () => {
+  await mesh?.close();
+});
+
+test.serial("a member whose lease is lost registers again under a new lease and keeps serving", async (t) => {
+  const worker = await mesh.addWorker("hold", "hold");
+  const etcd = connectEtcd({ endpoints: mesh.etcd.endpoint });
+  try {
+    const key = new Keys().member("worker", worker.id);
+    const before = (await etcd.get(key).exec()).kvs[0];
+    t.truthy(before, "the worker is registered");
+    // Take the lease away behind the worker's back, as an etcd restart or a long pause would.
+    await etcd.leaseClient.leaseRevoke({ ID: before?.lease ?? "0" });
+    await waitFor(async () => (await etcd.get(key).exec()).kvs.length === 0, { what: "the key to go with its lease" });
+    const after = await waitFor(async () => (await etcd.get(key).exec()).kvs[0], {
+      timeoutMs: 10_000,
+      what: "the worker to register again",
+    });
+    t.not(after.lease, before?.lease);
+    const r = await mesh.client.run("holds", { ms: 1 });
+    t.is(stateName(r.state), "SUCCEEDED");
+    t.is(r.output.json<{ by: string }>().by, worker.id);
+  } finally {
+    etcd.close();
+  }
+});
+
+test.serial("a full router answers RESOURCE_EXHAUSTED, and what it accepted still completes", async (t) => {
+  const small = await startService("services/router/main.ts", [
+    "--etcd", mesh.etcd.endpoint, "--lease-ttl", "2", "--max-tasks", "3",
+  ]);
+  const client = createClient({ etcd: mesh.etcd.endpoint, routers: [small.address] });
+  try {
+    await waitFor(async () => {
+      const views = await client.listWorkers();
+      return views[0]?.workers.some((w) => w.stage === "hold" && w.connected);
+    }, { what: "the small router to connect to the hold worker" });
+    const accepted = await Promise.all([1, 2, 3].map(() => client.submit("holds", { ms: 800 })));
+    const err = await t.throwsAsync(client.submit("holds", { ms: 1 }));
+    t.is(ConnectError.from(err).code, Code.ResourceExhausted);
+    t.regex(err?.message ?? "", /holds 3 tasks, its limit; retry later or submit to another router/);
+    for (const id of accepted) {
+      await waitFor(async () => stateName((await client.getState(id)).state) === "SUCCEEDED", {
+        timeoutMs: 15_000,
+        what: `task ${id} to succeed`,
+      });
+    }
+    t.pass();
+  } finally {
+    await client.close();
+    await small.kill9();
+  }
+});
