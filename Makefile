@@ -5,13 +5,18 @@ NODE_RUN := $(NODE) --conditions=source --disable-warning=ExperimentalWarning
 BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all deps gen check-gen lint typecheck cycles unit test demo up bench clean
+.PHONY: all deps python gen check-gen lint typecheck cycles unit test demo up bench clean
 
 all: test
 
-## deps: npm ci (Node 24 comes with it), and etcd from Debian where it is missing.
+## deps: npm install (Node 24 comes with it); etcd and Python's gRPC from Debian where missing.
 deps: node_modules/.installed
 	@bash scripts/ensure-etcd.sh
+	@bash scripts/ensure-python.sh
+
+## python: Debian's gRPC and protobuf for /usr/bin/python3, and examples/python-worker/gen.
+python:
+	@bash scripts/ensure-python.sh
 
 node_modules/.installed: package.json package-lock.json sdk/package.json
 	@bash scripts/ensure-node.sh

@@ -3,6 +3,7 @@ import { hostname } from "node:os";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationMs, timestampDate, timestampFromMs, timestampNow } from "@bufbuild/protobuf/wkt";
 import {
+  activeTracer,
   type Assignment,
   AssignmentSchema,
   CancelSchema,
@@ -48,6 +49,7 @@ import type { Etcd3, Watcher } from "etcd3";
 import { submitStreamHandler } from "./handlers.ts";
 import { DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
 import { PipelineCache } from "./pipeline-cache.ts";
+import { adoptTraceMetadata, RouterTelemetry } from "./router-telemetry.ts";
 import { StatusReporter } from "./status-reporter.ts";
 import type { StageRun, TaskRun } from "./task-run.ts";
 import { WorkerLink } from "./worker-link.ts";
@@ -74,6 +76,8 @@ export class RouterServer {
   readonly #statusMembers: MemberWatcher;
   readonly #pipelines: PipelineCache;
   readonly #reporter: StatusReporter;
+  /** Spans and metrics; undefined when both are off. */
+  readonly #telemetry: RouterTelemetry | undefined;
   readonly #tasks = new Map<string, TaskRun>();
   /** Links by worker member key. */
   readonly #links = new Map<string, WorkerLink>();
@@ -111,10 +115,30 @@ export class RouterServer {
     this.#workers = new MemberWatcher(this.#etcd, this.#keys.membersOf("worker"));
     this.#statusMembers = new MemberWatcher(this.#etcd, this.#keys.membersOf("status"));
     this.#pipelines = new PipelineCache(this.#etcd, this.#keys);
+    this.#telemetry = RouterTelemetry.create({
+      routerId: this.id,
+      tracer: activeTracer(),
+      metrics: init.opts.metrics,
+      queueDepths: () => [...this.#queues].map(([stage, q]) => [stage, q.length] as const),
+      stageLoad: () => {
+        const load = new Map<string, [string, number, number]>();
+        for (const l of this.#links.values()) {
+          if (!l.ready || l.closed) continue;
+          const s = load.get(l.member.stage) ?? [l.member.stage, 0, 0];
+          s[1] += l.inFlight.size;
+          s[2] += l.capacity;
+          load.set(l.member.stage, s);
+        }
+        return load.values();
+      },
+      taskCount: () => this.#tasks.size,
+    });
+    const telemetry = this.#telemetry;
     this.#reporter = new StatusReporter(
       this.id,
       () => [...this.#statusMembers.members.values()].sort((a, b) => a.id.localeCompare(b.id)),
       this.#log,
+      telemetry ? { onTransition: (t) => telemetry.reported(t) } : {},
     );
     const member = create(MemberSchema, {
       id: this.id,
@@ -152,7 +176,7 @@ export class RouterServer {
       [RouterService],
       (s) =>
         addService(s, RouterService, {
-          submit: (req) => (router as RouterServer).submit(req),
+          submit: (req, call) => (router as RouterServer).submit(adoptTraceMetadata(req, call.metadata)),
           submitStream: (call) => submitStreamHandler(router as RouterServer, call),
           cancel: async (req) => {
             await (router as RouterServer).cancel(req.taskId, req.reason);
@@ -208,7 +232,14 @@ export class RouterServer {
   #workerUp(m: Member): void {
     const key = this.#keys.member("worker", m.id);
     const existing = this.#links.get(key);
-    if (existing && existing.member.address === m.address && !existing.closed) return;
+    if (existing && existing.member.address === m.address && !existing.closed) {
+      // Back after its lease lapsed (or registered again): it takes tasks again.
+      if (existing.leaving) {
+        existing.leaving = false;
+        this.#pump(m.stage);
+      }
+      return;
+    }
     if (!isCompatible(m.version, this.#opts.protocolVersion)) {
       const error = dsatError(
         Code.FailedPrecondition,
@@ -337,12 +368,10 @@ export class RouterServer {
     };
     this.#tasks.set(task.id, run);
     const entries = entryStages(pipeline).map((name) => this.#newStage(run, name, task.payload));
+    const first = entries.map((sr) => this.#transition(run, sr, State.UNSPECIFIED, State.PENDING));
     let isNew: boolean;
     try {
-      isNew = await this.#reporter.create(
-        task,
-        entries.map((sr) => this.#transition(run, sr, State.UNSPECIFIED, State.PENDING)),
-      );
+      isNew = await this.#reporter.create(task, first);
     } catch (err) {
       this.#tasks.delete(task.id);
       throw dsatError(Code.Unavailable, `task could not be stored: ${toDsatError(err).rawMessage}`, err);
@@ -353,6 +382,7 @@ export class RouterServer {
       return { taskId: task.id };
     }
     this.counters.accepted++;
+    this.#telemetry?.accepted(task, first);
     if (task.deadline) {
       const ms = timestampDate(task.deadline).getTime() - Date.now();
       run.deadlineTimer = setTimeout(() => this.#deadlinePassed(run), Math.max(0, ms));
@@ -406,6 +436,7 @@ export class RouterServer {
     if (!q) this.#queues.set(sr.name, (q = []));
     q.push(sr);
     this.#queuedTask.set(sr, run);
+    this.#telemetry?.enqueued(run.task.id, sr.name);
     this.#pump(sr.name);
   }
 
@@ -427,6 +458,7 @@ export class RouterServer {
       timeout: { seconds: BigInt(Math.floor(timeoutMs / 1000)), nanos: (timeoutMs % 1000) * 1e6 },
     });
     this.counters.dispatched++;
+    this.#telemetry?.inject(a);
     link.assign(a);
   }
 
@@ -697,6 +729,7 @@ export class RouterServer {
       for (const sr of run.stages.values()) if (sr.retryTimer) clearTimeout(sr.retryTimer);
     }
     for (const l of this.#links.values()) l.abort();
+    this.#telemetry?.close();
     await this.#cancelWatcher?.cancel().catch(() => {});
     await this.#workers.close().catch(() => {});
     await this.#statusMembers.close().catch(() => {});

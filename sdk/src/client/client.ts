@@ -27,6 +27,7 @@ import { isTaskTerminal } from "../fsm.ts";
 import { Keys } from "../keys.ts";
 import { listMembers, MemberWatcher } from "../membership.ts";
 import { encodePayload, Payload } from "../payload.ts";
+import { traceHeaders, withTraceContext } from "../telemetry/trace-context.ts";
 import { clientTo } from "../transport.ts";
 
 /** Options of {@link createClient}. */
@@ -50,6 +51,10 @@ export interface ClientOptions {
 export interface SubmitOptions {
   /** Your own task id: submitting the same id again does not run the task twice. */
   taskId?: string;
+  /**
+   * The task's headers, seen by every stage's handler. Unless they carry a `traceparent`,
+   * the trace context of the active OpenTelemetry span (if any) is added to them.
+   */
   headers?: Record<string, string>;
   /** Deadline of the whole pipeline: a Date, or milliseconds from now. */
   deadline?: Date | number;
@@ -194,14 +199,16 @@ class Client implements DsatClient {
       pipeline,
       payload: encodePayload(payload),
       taskId: options.taskId ?? "",
-      headers: options.headers ?? {},
+      // The active OpenTelemetry context (if any) becomes the task's parent.
+      headers: withTraceContext(options.headers ?? {}),
       deadline: deadlineMs === undefined ? undefined : timestampFromMs(deadlineMs),
     });
   }
 
   async submit(pipeline: string, payload?: unknown, options?: SubmitOptions): Promise<string> {
     const req = this.#request(pipeline, payload, options);
-    const res = await this.#call("router", (a) => clientTo(RouterService, a).submit(req, { timeoutMs: this.#timeoutMs }));
+    const headers = traceHeaders(req.headers);
+    const res = await this.#call("router", (a) => clientTo(RouterService, a).submit(req, { timeoutMs: this.#timeoutMs, headers }));
     return res.taskId;
   }
 
@@ -271,8 +278,10 @@ class Client implements DsatClient {
         return;
       } catch (err) {
         const e = toDsatError(err);
-        // A status server that went away: resume on another after the last seq seen.
-        if (e.code !== Code.Unavailable || ++failures > 5 || options.signal?.aborted) throw e;
+        // A status server that went away (its streams end UNAVAILABLE, or reset as CANCEL
+        // when the process dies): resume on another after the last seq seen.
+        const gone = e.code === Code.Unavailable || (e.code === Code.Canceled && !options.signal?.aborted);
+        if (!gone || ++failures > 5 || options.signal?.aborted) throw e;
         await new Promise((r) => setTimeout(r, 100 * failures));
       }
     }

@@ -1,0 +1,860 @@
+"""dsat worker runtime for Python: the reference for writing a worker in another language.
+
+A worker serves one stage of a pipeline. It
+
+1. registers itself in etcd under a lease (``Registration``), so that routers find it;
+2. serves ``dsat.v1.WorkerService.Process``: each router opens one bidirectional stream,
+   sends assignments and cancels down it, and reads transitions and load reports back;
+3. runs every assignment inside the FSM wrapper (``Worker``): RUNNING, then exactly one of
+   SUCCEEDED, FAILED, TIMED_OUT or CANCELLED, with the stage's timeout enforced here.
+
+Its behaviour matches the TypeScript runtime (sdk/src/worker/worker.ts); the protocol is
+written down in docs/worker-protocol.md. It needs only Debian's python3-grpcio and
+python3-protobuf and the stubs that scripts/ensure-python.sh generates into gen/.
+
+    from dsat_worker import Worker, route_to
+
+    def shout(payload, ctx):
+        return {"v": payload.json()["v"] * 10}
+
+    worker = Worker(stage="shout", handler=shout, etcd="127.0.0.1:2379", concurrency=4)
+    worker.start()
+    ...
+    worker.drain()
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import itertools
+import json
+import logging
+import os
+import platform
+import random
+import re
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+# The stubs live in gen/ beside this file (scripts/ensure-python.sh writes them), and
+# standard_services.py beside it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+for _dir in (_HERE, os.path.join(_HERE, "gen")):
+    if _dir not in sys.path:
+        sys.path.insert(0, _dir)
+
+import grpc  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
+from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
+
+from dsat.v1 import member_pb2, task_pb2, worker_pb2, worker_pb2_grpc  # noqa: E402
+from standard_services import NOT_SERVING, SERVING, HealthService, ReflectionService  # noqa: E402
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Payload",
+    "Registration",
+    "Routed",
+    "StageError",
+    "TaskContext",
+    "Worker",
+    "encode_output",
+    "is_compatible",
+    "parse_version",
+    "route_to",
+]
+
+# ---------------------------------------------------------------------------- versions
+
+#: The dsat protocol version this worker speaks (sdk/src/version.ts DSAT_VERSION).
+PROTOCOL_VERSION = "0.1.0"
+
+# X.Y.Z: X and Y decimal numbers without leading zeros, Z one character of [a-z0-9]
+# (optional, default "0"). Only X.Y decides compatibility.
+_VERSION_RE = re.compile(r"^(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})(?:\.([a-z0-9]))?$")
+
+
+def parse_version(text: str) -> tuple[int, int, str]:
+    """Parses "X.Y" or "X.Y.Z" into (X, Y, Z); raises ValueError that says what is wrong."""
+    m = _VERSION_RE.match(text.strip())
+    if not m:
+        raise ValueError(
+            f'invalid version "{text}": expected X.Y.Z with X and Y numbers without leading zeros '
+            'and Z a single character of [a-z0-9] (for example "1.4.0" or "1.4.b")'
+        )
+    return int(m.group(1)), int(m.group(2)), m.group(3) or "0"
+
+
+def is_compatible(a: str, b: str) -> bool:
+    """True when two versions can talk: the same X and Y. Invalid versions never are."""
+    try:
+        return parse_version(a)[:2] == parse_version(b)[:2]
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------- logging
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR,
+           "silent": logging.CRITICAL + 10}
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object per line, like the TypeScript logger, so that tools read both alike."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        rec = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": {"WARNING": "warn"}.get(record.levelname, record.levelname.lower()),
+            "msg": record.getMessage(),
+        }
+        rec.update(getattr(record, "fields", {}))
+        return json.dumps(rec, default=str)
+
+
+def _make_logger() -> logging.Logger:
+    log = logging.getLogger("dsat.worker")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(_JsonLines())
+        log.addHandler(h)
+        log.propagate = False
+        log.setLevel(_LEVELS.get(os.environ.get("DSAT_LOG_LEVEL", "warn").lower(), logging.WARNING))
+    return log
+
+
+# ---------------------------------------------------------------------------- payloads
+
+
+class Payload:
+    """The bytes of a stage's input, with ways to read them."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self, data: bytes) -> None:
+        self.bytes = data
+
+    def text(self) -> str:
+        """The bytes as UTF-8 text."""
+        return self.bytes.decode("utf-8")
+
+    def json(self) -> Any:
+        """The bytes as JSON; None for an empty payload. Raises ValueError on bad JSON."""
+        return json.loads(self.bytes) if self.bytes else None
+
+    def __repr__(self) -> str:
+        return f"Payload({self.bytes!r})"
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A handler's output sent to a named port: the pipeline edges that follow that port take it."""
+
+    port: str
+    value: Any
+
+
+def route_to(port: str, value: Any) -> Routed:
+    """Sends ``value`` out on ``port`` instead of the default port."""
+    return Routed(port, value)
+
+
+def encode_output(value: Any) -> tuple[bytes, str]:
+    """Turns what a handler returned into (output bytes, port).
+
+    bytes go as they are, None as no bytes, anything else (a str too) as compact JSON (the
+    same bytes as JavaScript's JSON.stringify for the same value, non-ASCII unescaped), as
+    the TypeScript runtime does, so that the next stage can always read its input as JSON.
+    Raises TypeError for a value JSON cannot hold.
+    """
+    port = ""
+    if isinstance(value, Routed):
+        port, value = value.port, value.value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value), port
+    if value is None:
+        return b"", port
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"), port
+
+
+class StageError(Exception):
+    """An error a handler raises to choose the TaskError code (a gRPC code name) and whether
+    a retry can cure it. Any other exception is code "UNKNOWN", retryable."""
+
+    def __init__(self, code: str, message: str, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable if retryable is not None else code not in _NEVER_RETRYABLE
+
+
+# Codes that say the input or the setup is wrong: running the same task again cannot help.
+_NEVER_RETRYABLE = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION"})
+
+
+def _task_error(exc: BaseException) -> task_pb2.TaskError:
+    """The TaskError of a handler's exception: its gRPC code where it has one, else UNKNOWN."""
+    code = "UNKNOWN"
+    if isinstance(exc, StageError):
+        return task_pb2.TaskError(code=exc.code, message=str(exc), retryable=exc.retryable)
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        code = exc.code().name  # a call to another gRPC service failed: keep its code
+        details = exc.details() if callable(getattr(exc, "details", None)) else ""
+        return task_pb2.TaskError(code=code, message=details or str(exc), retryable=code not in _NEVER_RETRYABLE)
+    if isinstance(exc, TimeoutError):
+        code = "DEADLINE_EXCEEDED"
+    return task_pb2.TaskError(code=code, message=str(exc) or type(exc).__name__, retryable=True)
+
+
+# ---------------------------------------------------------------------------- context
+
+
+@dataclass
+class TaskContext:
+    """What a handler is told about the task it runs."""
+
+    task_id: str
+    pipeline: str
+    stage: str
+    #: Attempt number at this stage, from 1.
+    attempt: int
+    #: The task's headers; the W3C trace context is "traceparent"/"tracestate".
+    headers: dict[str, str]
+    #: Set on timeout, cancel, or when the router's stream closes. A handler that runs long
+    #: waits on it (``ctx.cancelled.wait(seconds)``) or checks ``is_set()`` between steps.
+    cancelled: threading.Event
+    #: When this attempt must end, as time.time() seconds (the stage timeout or the task
+    #: deadline, the earlier).
+    deadline: float
+    worker_id: str
+    #: Why ``cancelled`` was set (empty until then).
+    cancel_reason: str = ""
+
+    def remaining(self) -> float:
+        """Seconds left before the deadline (0 when passed)."""
+        return max(0.0, self.deadline - time.time())
+
+
+Handler = Callable[[Payload, TaskContext], Any]
+
+# ---------------------------------------------------------------------------- etcd
+
+
+class _EtcdGateway:
+    """The few calls a worker needs, over etcd's JSON gateway (etcd 3.4+: /v3/...).
+
+    Only the standard library: int64 fields travel as JSON strings, keys and values as base64.
+    """
+
+    def __init__(self, endpoints: str, timeout_s: float = 3.0) -> None:
+        self.endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+        if not self.endpoints:
+            raise ValueError("no etcd endpoint given (--etcd host:port)")
+        self.timeout_s = timeout_s
+
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POSTs to each endpoint in turn until one answers; raises the last error."""
+        last: Exception | None = None
+        data = json.dumps(body).encode()
+        for ep in self.endpoints:
+            url = ep if ep.startswith("http") else f"http://{ep}"
+            req = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as res:
+                    out = json.loads(res.read() or b"{}")
+            except urllib.error.HTTPError as e:  # etcd answered with an error: no other endpoint helps
+                try:
+                    msg = json.loads(e.read()).get("message", str(e))
+                except ValueError:
+                    msg = str(e)
+                raise EtcdError(f"etcd {path}: {msg}") from e
+            except (OSError, ValueError) as e:  # could not reach this endpoint: try the next
+                last = e
+                continue
+            if "error" in out:  # a streaming endpoint (keepalive) reports errors in the body
+                raise EtcdError(f"etcd {path}: {out.get('message') or out['error']}")
+            return out
+        raise EtcdUnavailable(f"etcd cannot be reached at {','.join(self.endpoints)} ({last}); "
+                              "check --etcd / DSAT_ETCD and that etcd is running")
+
+    def grant(self, ttl_s: int) -> str:
+        return str(self.call("/v3/lease/grant", {"TTL": ttl_s})["ID"])
+
+    def put(self, key: str, value: str, lease: str) -> None:
+        b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+        self.call("/v3/kv/put", {"key": b64(key), "value": b64(value), "lease": lease})
+
+    def keepalive(self, lease: str) -> int:
+        """Renews a lease once; the TTL left, 0 when the lease is gone."""
+        out = self.call("/v3/lease/keepalive", {"ID": lease})
+        return int(out.get("result", {}).get("TTL", 0))
+
+    def revoke(self, lease: str) -> None:
+        self.call("/v3/lease/revoke", {"ID": lease})
+
+
+class EtcdError(Exception):
+    """etcd answered, with an error."""
+
+
+class EtcdUnavailable(EtcdError):
+    """etcd could not be reached."""
+
+
+class Registration:
+    """A member's record in etcd under a lease with keep-alive.
+
+    The key is ``<prefix>members/worker/<id>`` and the value the protobuf JSON of the Member.
+    A keep-alive goes every TTL/3; when etcd says the lease is gone (TTL 0, or an error such
+    as "lease not found"), it registers again under a new lease, with backoff, until it
+    succeeds or is closed. close() revokes the lease, which deletes the record at once.
+    """
+
+    def __init__(self, etcd: _EtcdGateway, key: str, value: str, ttl_s: int, log: logging.Logger) -> None:
+        self.key = key
+        self._etcd = etcd
+        self._value = value
+        self._ttl_s = max(1, int(ttl_s))
+        self._log = log
+        self._lease: str | None = None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._keep_alive, name="dsat-lease", daemon=True)
+
+    def start(self) -> None:
+        """Registers once (raises when etcd cannot be reached), then keeps the lease alive."""
+        self._register()
+        self._thread.start()
+
+    def _register(self) -> None:
+        lease = self._etcd.grant(self._ttl_s)
+        try:
+            self._etcd.put(self.key, self._value, lease)
+        except Exception:
+            self._try_revoke(lease)
+            raise
+        self._lease = lease
+        self._log.info("registered", extra={"fields": {"key": self.key, "lease": lease}})
+
+    def _keep_alive(self) -> None:
+        interval = self._ttl_s / 3
+        while not self._closed.wait(interval):
+            lease = self._lease
+            try:
+                ttl = self._etcd.keepalive(lease) if lease else 0
+            except EtcdUnavailable as e:
+                # etcd is away: the lease may still live; try again at the next tick.
+                self._log.warning("lease keep-alive failed", extra={"fields": {"error": str(e)}})
+                continue
+            except EtcdError:
+                ttl = 0
+            if ttl > 0 or self._closed.is_set():
+                continue
+            self._log.warning("lease lost; registering again", extra={"fields": {"lease": lease}})
+            self._reregister()
+
+    def _reregister(self) -> None:
+        delay = 0.1
+        while not self._closed.is_set():
+            try:
+                self._register()
+                return
+            except EtcdError as e:
+                self._log.warning("registering again failed", extra={"fields": {"error": str(e)}})
+                self._closed.wait(delay)
+                delay = min(delay * 2, 2.0)
+
+    def close(self) -> None:
+        """Leaves the mesh at once: revokes the lease (the record goes with it)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        lease, self._lease = self._lease, None
+        if lease:
+            self._try_revoke(lease)
+
+    def _try_revoke(self, lease: str) -> None:
+        try:
+            self._etcd.revoke(lease)
+        except EtcdError as e:  # it lapses by itself within its TTL
+            self._log.warning("lease revoke failed", extra={"fields": {"error": str(e)}})
+
+
+# ---------------------------------------------------------------------------- timers
+
+
+class _Timers:
+    """One thread that runs callbacks at given monotonic times: a stage timeout per attempt
+    without a thread per attempt."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, list[Any]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        threading.Thread(target=self._loop, name="dsat-timers", daemon=True).start()
+
+    def at(self, when: float, fn: Callable[[], None]) -> list[Any]:
+        """Runs fn at time.monotonic() == when; the handle given back cancels it."""
+        entry = [fn]
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._seq), entry))
+            self._cond.notify()
+        return entry
+
+    @staticmethod
+    def cancel(handle: list[Any]) -> None:
+        handle[0] = None
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if self._stopped:
+                    return
+                _, _, entry = heapq.heappop(self._heap)
+            fn = entry[0]
+            if fn is not None:
+                try:
+                    fn()
+                except Exception:  # a timer must never kill the thread that runs all of them
+                    _make_logger().exception("timer callback failed")
+
+
+# ---------------------------------------------------------------------------- worker
+
+# The FSM states a worker reports (dsat.v1.State).
+DISPATCHED = task_pb2.STATE_DISPATCHED
+RUNNING = task_pb2.STATE_RUNNING
+SUCCEEDED = task_pb2.STATE_SUCCEEDED
+FAILED = task_pb2.STATE_FAILED
+TIMED_OUT = task_pb2.STATE_TIMED_OUT
+CANCELLED = task_pb2.STATE_CANCELLED
+
+
+def _now() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class _RouterLink:
+    """The Process stream from one router. Transitions queue here and go up in batches:
+    whatever piled up while the stream was busy leaves in one ProcessResponse, with the load."""
+
+    def __init__(self, router_id: str, load: Callable[[], member_pb2.Load], max_bytes: int) -> None:
+        self.router_id = router_id
+        self._load = load
+        self._max_bytes = max_bytes
+        self._pending: list[task_pb2.Transition] = []
+        self._cond = threading.Condition()
+        self.closed = False
+
+    def send(self, t: task_pb2.Transition) -> None:
+        with self._cond:
+            if self.closed:
+                return
+            self._pending.append(t)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Ends the stream once what is queued has gone."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify()
+
+    def responses(self, hello: member_pb2.Member) -> Iterator[worker_pb2.ProcessResponse]:
+        """What the server writes: hello and load first, then batches until closed."""
+        yield worker_pb2.ProcessResponse(hello=hello, load=self._load())
+        while True:
+            with self._cond:
+                while not self._pending and not self.closed:
+                    self._cond.wait()
+                batch, self._pending = self._pending, []
+                closed = self.closed
+            # A batch goes in as many messages as it takes to keep each under the router's
+            # message limit (two outputs of 3 MiB do not fit in one).
+            start, size = 0, 0
+            for i, t in enumerate(batch):
+                n = t.ByteSize() + 16
+                if i > start and size + n > self._max_bytes - 1024:
+                    yield worker_pb2.ProcessResponse(transitions=batch[start:i], load=self._load())
+                    start, size = i, 0
+                size += n
+            if start < len(batch):
+                yield worker_pb2.ProcessResponse(transitions=batch[start:], load=self._load())
+            if closed:
+                return
+
+
+@dataclass(eq=False)
+class _Attempt:
+    """One attempt of one task at this worker's stage, while it runs."""
+
+    key: tuple[str, str, int]
+    assignment: worker_pb2.Assignment
+    link: _RouterLink
+    ctx: TaskContext
+    started: float = field(default_factory=time.monotonic)
+    done: bool = False
+    timer: list[Any] | None = None
+
+
+class Worker(worker_pb2_grpc.WorkerServiceServicer):
+    """A worker: a WorkerService server whose every task runs inside the FSM wrapper, and its
+    registration in etcd.
+
+    Arguments (defaults as in the TypeScript runtime):
+      stage: the stage served. handler: ``handler(payload: Payload, ctx: TaskContext)``.
+      concurrency: handlers run at once (default 1). etcd: "host:port[,host:port]" (default
+      $DSAT_ETCD, else 127.0.0.1:2379). host/port: where to listen (default 127.0.0.1, 0 = any
+      free port). lease_ttl_s: lease TTL in seconds (default 5). prefix: etcd key prefix
+      (default "/dsat/v1/"). id: member id (default "<stage>-<host>-<pid>-<4 hex>").
+      default_timeout_ms: an attempt's timeout when the router sends none (default 30000).
+      protocol_version: announced version (default PROTOCOL_VERSION; change it only to test
+      refusals). drain_timeout_s: how long drain waits for running tasks (default 30).
+      max_output_bytes: the largest output a handler may return; a larger one makes the
+      attempt FAILED with RESOURCE_EXHAUSTED (default 4 MiB, the router's payload limit).
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        handler: Handler,
+        *,
+        concurrency: int = 1,
+        etcd: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lease_ttl_s: int = 5,
+        prefix: str = "/dsat/v1/",
+        id: str | None = None,  # noqa: A002 - the member's id, as the protocol names it
+        default_timeout_ms: int = 30_000,
+        protocol_version: str = PROTOCOL_VERSION,
+        drain_timeout_s: float = 30.0,
+        max_output_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        if not stage:
+            raise ValueError("Worker: stage is required")
+        if not callable(handler):
+            raise ValueError("Worker: handler must be callable")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"Worker: concurrency must be a whole number >= 1, not {concurrency}")
+        parse_version(protocol_version)
+        self.stage = stage
+        self.handler = handler
+        self.concurrency = concurrency
+        self.protocol_version = protocol_version
+        self.default_timeout_ms = default_timeout_ms
+        self.drain_timeout_s = drain_timeout_s
+        self.id = id or f"{stage}-{socket.gethostname()}-{os.getpid()}-{random.getrandbits(16):04x}"
+        self.address = ""
+        self._host, self._port = host, port
+        self._prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self._etcd = _EtcdGateway(etcd or os.environ.get("DSAT_ETCD") or "127.0.0.1:2379")
+        self._lease_ttl_s = lease_ttl_s
+        self._max_output_bytes = max_output_bytes
+        # Room for one output at its limit plus the rest of the message, as the TypeScript
+        # servers and clients allow (sdk/src/transport.ts MAX_MESSAGE_BYTES).
+        self._max_message_bytes = max_output_bytes + 64 * 1024
+        self._log = _make_logger()
+
+        self._lock = threading.Lock()  # guards _running, _links, _draining, _avg_run_ms
+        self._running: dict[tuple[str, str, int], _Attempt] = {}
+        self._links: set[_RouterLink] = set()
+        self._draining = False
+        self._avg_run_ms = 0.0
+        self._idle = threading.Condition(self._lock)  # notified when _running empties
+        # At most `concurrency` handlers at once; the router never sends more than the
+        # capacity we announce, so the queue in front of the pool stays short.
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="dsat-handler")
+        self._timers = _Timers()
+        self._server: grpc.Server | None = None
+        self._health = HealthService(["dsat.v1.WorkerService"])
+        self._registration: Registration | None = None
+        self._member: member_pb2.Member | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Serves, then registers. Raises when the port is taken or etcd cannot be reached."""
+        # One server thread per open Process stream (one per router) plus one reader each;
+        # 32 routers at once is far more than a satellite has.
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=32, thread_name_prefix="dsat-grpc"),
+            options=[
+                ("grpc.max_receive_message_length", self._max_message_bytes),
+                ("grpc.max_send_message_length", self._max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(self, self._server)
+        # Health and reflection, as on every dsat server (grpcurl, probes).
+        self._health.add_to_server(self._server)
+        ReflectionService(["dsat.v1.WorkerService", "grpc.health.v1.Health",
+                           "grpc.reflection.v1.ServerReflection"]).add_to_server(self._server)
+        bound = self._server.add_insecure_port(f"{self._host}:{self._port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {self._host}:{self._port}")
+        self._server.start()
+        self.address = f"{self._host}:{bound}"
+        started = _now()
+        self._member = member_pb2.Member(
+            id=self.id,
+            kind=member_pb2.MEMBER_KIND_WORKER,
+            address=self.address,
+            version=self.protocol_version,
+            stage=self.stage,
+            capacity=self.concurrency,
+            started_at=started,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            runtime=f"python/{platform.python_version()}",
+        )
+        value = json.dumps(json_format.MessageToDict(self._member), separators=(",", ":"))
+        key = f"{self._prefix}members/worker/{self.id}"
+        self._registration = Registration(self._etcd, key, value, self._lease_ttl_s, self._log)
+        try:
+            self._registration.start()
+        except Exception:
+            self._server.stop(0)
+            raise
+        self._health.set_all(SERVING)
+        self._log.info("worker serving", extra={"fields": {"member": self.id, "address": self.address}})
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def drain(self) -> None:
+        """Leaves the mesh (no new task comes), waits for running tasks up to drain_timeout_s,
+        then closes: what SIGTERM does."""
+        with self._lock:
+            if self._closed:
+                return
+            self._draining = True
+        # Leave first (health, then etcd): routers see the record go and send nothing new; the
+        # streams stay open so that what runs can still report.
+        self._health.set_all(NOT_SERVING)
+        if self._registration:
+            self._registration.close()
+        deadline = time.monotonic() + self.drain_timeout_s
+        with self._idle:
+            while self._running and time.monotonic() < deadline:
+                self._idle.wait(deadline - time.monotonic())
+        self.close()
+
+    def close(self) -> None:
+        """Closes at once: running tasks are cancelled and their results dropped."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._draining = True
+            links = list(self._links)
+            dropped = list(self._running.values())
+            for a in dropped:
+                a.done = True
+            self._running.clear()
+        self._health.set_all(NOT_SERVING)
+        for a in dropped:
+            self._abandon(a, f"worker {self.id} closed")
+        if self._registration:
+            self._registration.close()
+        # Ending each stream after its queue has gone lets routers read every last transition.
+        for link in links:
+            link.close()
+        if self._server:
+            self._server.stop(grace=2).wait()
+        self._timers.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ Process
+
+    def _load(self) -> member_pb2.Load:
+        return member_pb2.Load(in_flight=len(self._running), capacity=self.concurrency, avg_run_ms=self._avg_run_ms)
+
+    def Process(self, request_iterator, context):  # noqa: N802 - the RPC's name
+        """One router's stream: checks its version, says hello, then reads assignments and
+        cancels on a thread of its own while this generator writes what goes up."""
+        md = dict(context.invocation_metadata())
+        router_version = str(md.get("dsat-version", ""))
+        router_id = str(md.get("dsat-router-id", "") or "a router")
+        if router_version and not is_compatible(router_version, self.protocol_version):
+            self._log.warning("refused a router of another version",
+                              extra={"fields": {"router": router_id, "routerVersion": router_version}})
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"router {router_id} runs dsat {router_version} but worker {self.id} runs "
+                f"{self.protocol_version}: their X.Y must match",
+            )
+        link = _RouterLink(router_id, self._load, self._max_message_bytes)
+        with self._lock:
+            draining = self._draining
+            if not draining:
+                self._links.add(link)
+        if draining:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"worker {self.id} is draining and takes no new stream")
+
+        def on_end(why: str) -> None:
+            # The router closed the stream or went away: stop what still runs for it; nobody
+            # would read the results (the router gives those attempts to another worker).
+            with self._lock:
+                self._links.discard(link)
+                mine = [a for a in self._running.values() if a.link is link]
+                for a in mine:
+                    a.done = True  # a result that comes now is dropped by _finish
+                    del self._running[a.key]
+                if not self._running:
+                    self._idle.notify_all()
+            for a in mine:
+                self._abandon(a, why)
+            link.close()
+
+        # Called when the RPC ends for any reason, so that the writer below never waits forever.
+        context.add_callback(lambda: on_end(f"router {router_id} went away"))
+
+        def read() -> None:
+            try:
+                for req in request_iterator:
+                    for a in req.assignments:
+                        if not self._draining:  # draining: no new task (the router knows: we left etcd)
+                            self._accept(a, link)
+                    for c in req.cancels:
+                        self._cancel(c)
+                why = f"router {router_id} closed its stream"
+            except Exception as e:  # the stream broke
+                why = f"the stream from router {router_id} broke ({e})"
+            on_end(why)
+
+        threading.Thread(target=read, name=f"dsat-read-{router_id}", daemon=True).start()
+        yield from link.responses(self._member)
+
+    # ------------------------------------------------------------------ the FSM wrapper
+
+    def _transition(self, a: worker_pb2.Assignment, frm: int, to: int, **extra: Any) -> task_pb2.Transition:
+        return task_pb2.Transition(
+            task_id=a.task.id, stage=a.stage, attempt=a.attempt, time=_now(),
+            member_id=self.id, worker_id=self.id, **{"from": frm}, to=to, **extra,
+        )
+
+    def _accept(self, a: worker_pb2.Assignment, link: _RouterLink) -> None:
+        """Starts one attempt: RUNNING now, the timeout armed, the handler queued on the pool."""
+        if not a.HasField("task"):
+            return
+        task = a.task
+        key = (task.id, a.stage, a.attempt)
+        if a.stage != self.stage:
+            link.send(self._transition(a, DISPATCHED, FAILED, error=task_pb2.TaskError(
+                code="FAILED_PRECONDITION",
+                message=f'worker {self.id} serves stage "{self.stage}", not "{a.stage}"',
+                retryable=True,
+            )))
+            return
+        timeout_ms = (a.timeout.seconds * 1000 + a.timeout.nanos / 1e6) if a.HasField("timeout") \
+            else self.default_timeout_ms
+        deadline = time.time() + timeout_ms / 1000
+        by_deadline = False
+        if task.HasField("deadline"):
+            d = task.deadline.seconds + task.deadline.nanos / 1e9
+            if d < deadline:
+                deadline, by_deadline = d, True
+        ctx = TaskContext(
+            task_id=task.id, pipeline=task.pipeline, stage=a.stage, attempt=a.attempt,
+            headers=dict(task.headers), cancelled=threading.Event(), deadline=deadline, worker_id=self.id,
+        )
+        attempt = _Attempt(key=key, assignment=a, link=link, ctx=ctx)
+        with self._lock:
+            if key in self._running:
+                return  # the same assignment twice: it runs once
+            self._running[key] = attempt
+        link.send(self._transition(a, DISPATCHED, RUNNING))
+
+        if by_deadline:
+            message = f'task {task.id} passed its deadline at stage "{a.stage}"'
+        else:
+            message = f'stage "{a.stage}" ran over its timeout of {_fmt_ms(timeout_ms)} ms (attempt {a.attempt})'
+
+        def overrun() -> None:
+            # A late result of this attempt is dropped: _finish runs once per attempt.
+            error = task_pb2.TaskError(code="DEADLINE_EXCEEDED", message=message, retryable=not by_deadline)
+            if self._finish(attempt, TIMED_OUT, error=error):
+                self._signal(attempt, message)
+
+        attempt.timer = self._timers.at(time.monotonic() + max(0.0, deadline - time.time()), overrun)
+        self._pool.submit(self._call, attempt)
+
+    def _call(self, attempt: _Attempt) -> None:
+        """Runs the handler on a pool thread and reports how it ended."""
+        if attempt.done:
+            return  # timed out or cancelled while it waited for a free thread
+        a = attempt.assignment
+        try:
+            result = self.handler(Payload(a.task.payload), attempt.ctx)
+            output, port = encode_output(result)
+        except Exception as e:  # noqa: BLE001 - any error of a handler is the attempt's failure
+            self._finish(attempt, FAILED, error=_task_error(e))
+            return
+        if len(output) > self._max_output_bytes:
+            # Sent anyway, it would break the stream and every attempt would break it again.
+            self._finish(attempt, FAILED, error=task_pb2.TaskError(
+                code="RESOURCE_EXHAUSTED", retryable=False,
+                message=f'stage "{a.stage}" output {len(output)} bytes, over the limit of {self._max_output_bytes} bytes',
+            ))
+            return
+        self._finish(attempt, SUCCEEDED, output=output, port=port)
+
+    def _finish(self, attempt: _Attempt, to: int, **extra: Any) -> bool:
+        """Ends an attempt with its one terminal transition; False when it had ended already."""
+        with self._lock:
+            if attempt.done:
+                return False
+            attempt.done = True
+            if self._running.get(attempt.key) is attempt:
+                del self._running[attempt.key]
+            ms = (time.monotonic() - attempt.started) * 1000
+            self._avg_run_ms = ms if self._avg_run_ms == 0 else self._avg_run_ms * 0.9 + ms * 0.1
+            if not self._running:
+                self._idle.notify_all()
+        if attempt.timer:
+            _Timers.cancel(attempt.timer)
+        attempt.link.send(self._transition(attempt.assignment, RUNNING, to, **extra))
+        return True
+
+    def _cancel(self, c: worker_pb2.Cancel) -> None:
+        attempt = self._running.get((c.task_id, c.stage, c.attempt))
+        if attempt is None:
+            return
+        message = c.reason or "cancelled"
+        if self._finish(attempt, CANCELLED, error=task_pb2.TaskError(code="CANCELLED", message=message)):
+            self._signal(attempt, message)
+
+    def _abandon(self, attempt: _Attempt, why: str) -> None:
+        """Stops an attempt whose result nobody will read: no transition is sent."""
+        attempt.done = True
+        if attempt.timer:
+            _Timers.cancel(attempt.timer)
+        self._signal(attempt, why)
+
+    @staticmethod
+    def _signal(attempt: _Attempt, why: str) -> None:
+        attempt.ctx.cancel_reason = why
+        attempt.ctx.cancelled.set()
+
+
+def _fmt_ms(ms: float) -> str:
+    """Milliseconds as JavaScript prints them: 500, not 500.0."""
+    return str(int(ms)) if float(ms).is_integer() else repr(ms)

@@ -1,0 +1,358 @@
+// The Python reference worker (examples/python-worker) in a real mesh: real etcd, status,
+// router and TypeScript workers as processes, Python workers as /usr/bin/python3 processes.
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { createInterface } from "node:readline";
+import { create } from "@bufbuild/protobuf";
+import test from "ava";
+import {
+  AsyncQueue,
+  Code,
+  ConnectError,
+  clientTo,
+  connectEtcd,
+  type ProcessRequest,
+  ProcessRequestSchema,
+  State,
+  stateName,
+  type TaskState,
+  WorkerService,
+} from "@dsat/sdk";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../sdk/src/gen/grpc/health/v1/health_pb.js";
+import {
+  ServerReflection,
+  type ServerReflectionRequest,
+  ServerReflectionRequestSchema,
+} from "../sdk/src/gen/grpc/reflection/v1/reflection_pb.js";
+import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import { ROOT, type ServiceProcess } from "./helpers/processes.ts";
+import { waitFor } from "./helpers/wait.ts";
+
+interface Trail {
+  v: number;
+  path: string[];
+}
+
+const PYTHON = "/usr/bin/python3";
+const pythonWorkers: ServiceProcess[] = [];
+let mesh: TestMesh;
+
+/**
+ * Starts examples/python-worker/main.py for a stage and waits for its `ready` line: the same
+ * shape as the TypeScript services' ServiceProcess, so tests treat both alike.
+ */
+async function startPythonWorker(stage: string, handler: string, extra: string[] = []): Promise<ServiceProcess> {
+  const child: ChildProcess = spawn(
+    PYTHON,
+    [
+      "examples/python-worker/main.py",
+      "--etcd", mesh.etcd.endpoint,
+      "--lease-ttl", "2",
+      "--stage", stage,
+      "--handler", handler,
+      ...extra,
+    ],
+    { cwd: ROOT, env: { ...process.env, PYTHONDONTWRITEBYTECODE: "1" }, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let err = "";
+  child.stderr?.on("data", (d: Buffer) => {
+    err = (err + d.toString()).slice(-65536);
+  });
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const ready = await new Promise<{ kind: string; id: string; address: string; pid: number }>((resolve, reject) => {
+    const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+    const timer = setTimeout(() => reject(new Error(`python worker ${stage} did not become ready in 20 s: ${err}`)), 20_000);
+    rl.on("line", (line) => {
+      if (line.startsWith("ready ")) {
+        clearTimeout(timer);
+        resolve(JSON.parse(line.slice(6)));
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`python worker ${stage} exited with ${code} before it was ready: ${err}`));
+    });
+  });
+  const p: ServiceProcess = {
+    ...ready,
+    child,
+    stderr: () => err,
+    exited,
+    kill9: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await exited;
+    },
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      await waitFor(() => child.exitCode !== null || child.signalCode !== null, { timeoutMs: 40_000, what: `python worker ${stage} to exit` });
+    },
+  };
+  pythonWorkers.push(p);
+  return p;
+}
+
+/** Waits until the router has a live stream to every one of these workers. */
+async function connected(...ids: string[]): Promise<void> {
+  await waitFor(async () => {
+    const views = await mesh.client.listWorkers();
+    const live = new Set(views.flatMap((v) => v.workers).filter((w) => w.connected).map((w) => w.id));
+    return ids.every((id) => live.has(id));
+  }, { what: `the router to connect to ${ids.join(", ")}` });
+}
+
+/**
+ * The task's state once StatusService has stored its end. `run` resolves when the router
+ * ends the task, which can be a moment before StatusService has stored the last transitions.
+ */
+async function storedState(taskId: string, end: State): Promise<TaskState> {
+  return waitFor(async () => {
+    const s = await mesh.client.getState(taskId);
+    return s.state === end ? s : undefined;
+  }, { what: `StatusService to store task ${taskId} as ${stateName(end)}` });
+}
+
+/** An etcd client, as the SDK makes it. */
+type Etcd = ReturnType<typeof connectEtcd>;
+
+const ms = (n: number) => ({ seconds: BigInt(Math.floor(n / 1000)), nanos: (n % 1000) * 1e6 });
+
+test.before(async (t) => {
+  const gen = spawnSync("bash", ["scripts/ensure-python.sh"], { cwd: ROOT, encoding: "utf8", timeout: 300_000 });
+  if (gen.status !== 0) {
+    t.fail(`scripts/ensure-python.sh failed (${gen.status ?? gen.signal}):\n${gen.stdout}\n${gen.stderr}`);
+    throw new Error("the Python worker cannot run without its packages and stubs");
+  }
+  mesh = await startMesh({ leaseTtlSeconds: 2 });
+  await Promise.all([
+    mesh.client.applyPipeline({ name: "mixed", stages: [{ name: "add" }, { name: "shout" }, { name: "double" }] }),
+    mesh.client.applyPipeline({ name: "py-throws", stages: [{ name: "explode" }] }),
+    mesh.client.applyPipeline({ name: "py-overruns", stages: [{ name: "dawdle", timeout: ms(500) }] }),
+    mesh.client.applyPipeline({ name: "py-holds", stages: [{ name: "pyhold", timeout: ms(10_000) }] }),
+    mesh.client.applyPipeline({ name: "py-cancels", stages: [{ name: "pycancel" }] }),
+    mesh.client.applyPipeline({ name: "py-drains", stages: [{ name: "pydrain" }] }),
+    mesh.client.applyPipeline({ name: "py-reregisters", stages: [{ name: "pyreg" }] }),
+  ]);
+});
+
+test.after.always(async () => {
+  await Promise.all(pythonWorkers.map((p) => p.kill9()));
+  await mesh?.close();
+});
+
+test.serial("a mixed pipeline TypeScript -> Python -> TypeScript: every task succeeds and outputs chain", async (t) => {
+  const [add, shout, double] = await Promise.all([
+    mesh.addWorker("add", "add"),
+    startPythonWorker("shout", "stages:shout", ["--concurrency", "4"]),
+    mesh.addWorker("double", "double"),
+  ]);
+  await connected(add.id, shout.id, double.id);
+  const started = Date.now();
+  const N = 100;
+  const results = await Promise.all(Array.from({ length: N }, (_, i) => mesh.client.run("mixed", { v: i, path: [] })));
+  t.log(`${N} tasks through add (TS) -> shout (Python) -> double (TS) in ${Date.now() - started} ms`);
+  results.forEach((r, i) => {
+    t.is(stateName(r.state), "SUCCEEDED", `task ${r.taskId}: ${r.error?.message}`);
+    const out = r.output.json<Trail>();
+    t.is(out.v, (i + 1) * 10 * 2);
+    t.deepEqual(out.path, [add.id, shout.id, double.id]);
+  });
+  const s = await storedState(results[0]?.taskId ?? "", State.SUCCEEDED);
+  const py = s.stages.find((x) => x.name === "shout");
+  t.is(py?.state, State.SUCCEEDED);
+  t.is(py?.workerId, shout.id, "StatusService records the Python worker's own transitions");
+});
+
+test.serial("a Python handler that raises gives FAILED with its message", async (t) => {
+  const w = await startPythonWorker("explode", "stages:explode");
+  await connected(w.id);
+  const r = await mesh.client.run("py-throws", "x");
+  t.is(stateName(r.state), "FAILED");
+  t.regex(r.error?.message ?? "", /stage "explode" failed \(attempt 1\): python boom on "x"/);
+  t.is(r.error?.code, "UNKNOWN");
+  const s = await storedState(r.taskId, State.FAILED);
+  t.is(s.stages[0]?.state, State.FAILED);
+  t.is(s.stages[0]?.workerId, w.id);
+});
+
+test.serial("a Python handler that overruns its stage timeout gives TIMED_OUT and frees its slot", async (t) => {
+  const w = await startPythonWorker("dawdle", "stages:dawdle");
+  await connected(w.id);
+  const started = Date.now();
+  // Two in a row on one slot: the second can only end in time if the first one's handler
+  // saw its cancel event and gave its thread back.
+  for (let i = 0; i < 2; i++) {
+    const r = await mesh.client.run("py-overruns", {});
+    t.is(stateName(r.state), "TIMED_OUT");
+    t.regex(r.error?.message ?? "", /stage "dawdle" timed out \(attempt 1\): stage "dawdle" ran over its timeout of 500 ms \(attempt 1\)/);
+    t.is(r.error?.code, "DEADLINE_EXCEEDED");
+  }
+  t.true(Date.now() - started < 5_000, `two 500 ms timeouts took ${Date.now() - started} ms`);
+});
+
+test.serial("a task cancelled while a Python handler runs it stops there and frees the slot", async (t) => {
+  const w = await startPythonWorker("pycancel", "stages:hold");
+  await connected(w.id);
+  const taskId = `py-cancel-${Date.now()}`;
+  const long = mesh.client.run("py-cancels", { ms: 60_000 }, { taskId });
+  await waitFor(async () => (await mesh.client.getState(taskId)).stages[0]?.state === State.RUNNING, {
+    what: "the Python worker to report RUNNING",
+  });
+  await mesh.client.cancel(taskId, "changed my mind");
+  const r = await long;
+  t.is(stateName(r.state), "CANCELLED");
+  // Its only slot is free again at once: a short task behind it ends well within its deadline.
+  const next = await mesh.client.run("py-cancels", { ms: 10 }, { deadline: 5_000 });
+  t.is(stateName(next.state), "SUCCEEDED", next.error?.message);
+  t.deepEqual(next.output.json(), { held: 10, by: w.id });
+});
+
+test.serial("a Python worker killed with -9 while it holds tasks: every task is redelivered and succeeds", async (t) => {
+  const [doomed, survivor] = await Promise.all([
+    startPythonWorker("pyhold", "stages:hold", ["--concurrency", "4"]),
+    startPythonWorker("pyhold", "stages:hold", ["--concurrency", "4"]),
+  ]);
+  await connected(doomed.id, survivor.id);
+  const inFlight = Array.from({ length: 8 }, () => mesh.client.run("py-holds", { ms: 1500 }));
+  await waitFor(async () => {
+    const views = await mesh.client.listWorkers();
+    const w = views.flatMap((v) => v.workers).find((x) => x.id === doomed.id);
+    return (w?.inFlight ?? 0) > 0;
+  }, { what: "a task running on the doomed Python worker" });
+  await doomed.kill9();
+
+  await waitFor(async () => !(await mesh.client.members()).some((m) => m.id === doomed.id), {
+    timeoutMs: 2_000 + 2_000,
+    what: "the killed Python worker's member record to lapse",
+  });
+  const results = await Promise.all(inFlight);
+  for (const r of results) {
+    t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+    t.is(r.output.json<{ by: string }>().by, survivor.id);
+  }
+  const states = await Promise.all(results.map((r) => mesh.client.getState(r.taskId)));
+  t.true(states.some((s) => (s.stages[0]?.attempt ?? 0) > 1), "at least one task was dispatched again");
+});
+
+test.serial("SIGTERM drains a Python worker: it leaves etcd, finishes what it runs, exits 0", async (t) => {
+  const w = await startPythonWorker("pydrain", "stages:hold", ["--concurrency", "2"]);
+  await connected(w.id);
+  const taskId = `py-drain-${Date.now()}`;
+  const run = mesh.client.run("py-drains", { ms: 1000 }, { taskId });
+  await waitFor(async () => (await mesh.client.getState(taskId)).stages[0]?.state === State.RUNNING, {
+    what: "the Python worker to report RUNNING",
+  });
+  const health = clientTo(Health, w.address);
+  t.is((await health.check({ service: "dsat.v1.WorkerService" })).status, ServingStatus.SERVING);
+  w.child.kill("SIGTERM");
+  await waitFor(async () => !(await mesh.client.members()).some((m) => m.id === w.id), {
+    timeoutMs: 1_000,
+    what: "the draining worker to revoke its lease",
+  });
+  t.is((await health.check({ service: "" })).status, ServingStatus.NOT_SERVING, "NOT_SERVING while it drains");
+  const r = await run;
+  t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+  t.is(r.output.json<{ by: string }>().by, w.id, "the task ended on the worker that drained");
+  t.is(await w.exited, 0, w.stderr());
+});
+
+test.serial("a Python worker serves health and reflection like every dsat server", async (t) => {
+  const w = await startPythonWorker("reflect-py", "stages:shout");
+  t.is((await clientTo(Health, w.address).check({ service: "" })).status, ServingStatus.SERVING);
+  const requests = new AsyncQueue<ServerReflectionRequest>();
+  requests.push(create(ServerReflectionRequestSchema, { messageRequest: { case: "listServices", value: "*" } }));
+  requests.push(create(ServerReflectionRequestSchema, {
+    messageRequest: { case: "fileContainingSymbol", value: "dsat.v1.WorkerService" },
+  }));
+  requests.end();
+  const answers = [];
+  for await (const res of clientTo(ServerReflection, w.address).serverReflectionInfo(requests)) answers.push(res.messageResponse);
+  const [list, files] = answers;
+  t.deepEqual(
+    list?.case === "listServicesResponse" ? list.value.service.map((x) => x.name).sort() : list,
+    ["dsat.v1.WorkerService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"],
+  );
+  t.is(files?.case, "fileDescriptorResponse");
+  t.true(files?.case === "fileDescriptorResponse" && files.value.fileDescriptorProto.length >= 3, "worker.proto and what it imports");
+  await w.kill9();
+});
+
+test.serial("versions: a Python worker of another X.Y is refused, and it refuses a router of another X.Y", async (t) => {
+  const alien = await startPythonWorker("echo-py", "stages:shout", ["--protocol-version", "9.9.0"]);
+  const refused = await waitFor(async () => {
+    const views = await mesh.client.listWorkers();
+    return views.flatMap((v) => v.workers).find((w) => w.id === alien.id && w.refusedCode !== 0);
+  }, { what: "the router to refuse the 9.9.0 Python worker" });
+  t.is(refused.refusedCode, Code.FailedPrecondition);
+
+  const good = await startPythonWorker("echo-py", "stages:shout");
+  const requests = new AsyncQueue<ProcessRequest>();
+  requests.push(create(ProcessRequestSchema, {}));
+  const stream = clientTo(WorkerService, good.address).process(requests, {
+    headers: { "dsat-version": "3.1.0", "dsat-router-id": "router-from-the-future" },
+  });
+  const err = await t.throwsAsync(async () => {
+    for await (const _ of stream) {
+      // Nothing arrives before the refusal.
+    }
+  });
+  requests.end();
+  t.is(ConnectError.from(err).code, Code.FailedPrecondition);
+  t.is(
+    ConnectError.from(err).rawMessage,
+    `router router-from-the-future runs dsat 3.1.0 but worker ${good.id} runs 0.1.0: their X.Y must match`,
+  );
+});
+
+/** The lease a member's record is written under (0 when there is no record). */
+async function leaseOf(etcd: Etcd, id: string): Promise<string> {
+  const res = await etcd.get(`/dsat/v1/members/worker/${id}`).exec();
+  return String(res.kvs[0]?.lease ?? "0");
+}
+
+/** Revokes a worker's lease behind its back, as a lost lease (etcd restarted, a long pause) would end it. */
+async function revokeLeaseOf(etcd: Etcd, id: string): Promise<string> {
+  const lease = await leaseOf(etcd, id);
+  await etcd.leaseClient.leaseRevoke({ ID: lease });
+  await waitFor(async () => {
+    const now = await leaseOf(etcd, id);
+    return now !== "0" && now !== lease;
+  }, { what: `worker ${id} to register again under a new lease` });
+  return lease;
+}
+
+test.serial("a Python worker that loses its lease registers again and gets tasks again", async (t) => {
+  const etcd = connectEtcd({ endpoints: mesh.etcd.endpoint });
+  try {
+    const w = await startPythonWorker("pyreg", "stages:hold");
+    await connected(w.id);
+    await revokeLeaseOf(etcd, w.id);
+    await connected(w.id);
+    const r = await mesh.client.run("py-reregisters", { ms: 10 }, { deadline: 5_000 });
+    t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+    t.is(r.output.json<{ by: string }>().by, w.id);
+    t.regex(w.stderr(), /lease lost; registering again/);
+    await w.kill9();
+  } finally {
+    etcd.close();
+  }
+});
+
+// Regression: a worker whose record goes and comes back while its link still runs a task
+// must not stay "leaving" in the router.
+test.serial("a worker that loses its lease while it runs a task gets tasks again once it registers again", async (t) => {
+  const etcd = connectEtcd({ endpoints: mesh.etcd.endpoint });
+  try {
+    const w = await startPythonWorker("pyreg", "stages:hold");
+    await connected(w.id);
+    const taskId = `py-rereg-${Date.now()}`;
+    const run = mesh.client.run("py-reregisters", { ms: 2000 }, { taskId });
+    await waitFor(async () => (await mesh.client.getState(taskId)).stages[0]?.state === State.RUNNING, {
+      what: "the Python worker to report RUNNING",
+    });
+    await revokeLeaseOf(etcd, w.id);
+    t.is(stateName((await run).state), "SUCCEEDED");
+    const next = await mesh.client.run("py-reregisters", { ms: 10 }, { deadline: 5_000 });
+    t.is(stateName(next.state), "SUCCEEDED", next.error?.message);
+  } finally {
+    etcd.close();
+  }
+});

@@ -1,0 +1,178 @@
+import { connect } from "node:http2";
+import test from "ava";
+import { Code, ConnectError, createClient, State, stateName } from "@dsat/sdk";
+import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import { waitFor } from "./helpers/wait.ts";
+
+let mesh: TestMesh;
+
+test.before(async () => {
+  mesh = await startMesh({ leaseTtlSeconds: 2, routers: 2, status: 2 });
+  const ms = (v: number) => ({ seconds: BigInt(Math.floor(v / 1000)), nanos: (v % 1000) * 1e6 });
+  await mesh.client.applyPipeline({
+    name: "retries",
+    stages: [{ name: "flaky", retry: { maxAttempts: 3, initialBackoff: ms(20), maxBackoff: ms(100) } }],
+  });
+  await mesh.client.applyPipeline({
+    name: "strict",
+    stages: [{ name: "flaky", retry: { maxAttempts: 3, initialBackoff: ms(20), nonRetryableCodes: ["UNKNOWN"] } }],
+  });
+  await mesh.client.applyPipeline({ name: "holds", stages: [{ name: "hold" }] });
+  await mesh.client.applyPipeline({ name: "echoes", stages: [{ name: "echo" }] });
+  await Promise.all([
+    mesh.addWorker("flaky", "flaky"),
+    mesh.addWorker("hold", "hold", ["--concurrency", "2"]),
+    mesh.addWorker("echo", "echo", ["--concurrency", "8"]),
+  ]);
+});
+
+test.after.always(async () => {
+  await mesh?.close();
+});
+
+const history = async (id: string) =>
+  (await mesh.client.getState(id, { history: true })).history.map((t) => `${t.stage || "task"}#${t.attempt}:${stateName(t.to)}`);
+
+test.serial("a stage that fails is retried by its policy, with RETRYING and the attempt on every transition", async (t) => {
+  const r = await mesh.client.run("retries", { failures: 2 });
+  t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+  t.is(r.output.json<{ attempt: number }>().attempt, 3);
+  const h = (await history(r.taskId)).filter((s) => s.startsWith("flaky"));
+  t.deepEqual(h, [
+    "flaky#1:PENDING",
+    "flaky#1:DISPATCHED",
+    "flaky#1:RUNNING",
+    "flaky#1:FAILED",
+    "flaky#1:RETRYING",
+    "flaky#2:DISPATCHED",
+    "flaky#2:RUNNING",
+    "flaky#2:FAILED",
+    "flaky#2:RETRYING",
+    "flaky#3:DISPATCHED",
+    "flaky#3:RUNNING",
+    "flaky#3:SUCCEEDED",
+  ]);
+});
+
+test.serial("retries are bounded, and codes marked never-retry are not retried", async (t) => {
+  const used = await mesh.client.run("retries", { failures: 5 });
+  t.is(stateName(used.state), "FAILED");
+  t.regex(used.error?.message ?? "", /stage "flaky" failed \(attempt 3\): flaky failure on attempt 3/);
+  const strict = await mesh.client.run("strict", { failures: 5 });
+  t.is(stateName(strict.state), "FAILED");
+  t.regex(strict.error?.message ?? "", /\(attempt 1\)/);
+  const invalid = await mesh.client.run("retries", { failures: 5, code: "INVALID_ARGUMENT" });
+  t.regex(invalid.error?.message ?? "", /\(attempt 1\): bad input on attempt 1/);
+  t.is(invalid.error?.code, "INVALID_ARGUMENT");
+});
+
+test.serial("cancel stops a running handler, a queued task, and works from any router", async (t) => {
+  const [routerA, routerB] = mesh.routers.map((r) => r.address);
+  const viaA = createClient({ etcd: mesh.etcd.endpoint, routers: [routerA as string] });
+  const viaB = createClient({ etcd: mesh.etcd.endpoint, routers: [routerB as string] });
+  try {
+    // Two long tasks fill the hold worker's two slots; a third waits in the queue.
+    const running = [await viaA.submit("holds", { ms: 20_000 }), await viaA.submit("holds", { ms: 20_000 })];
+    await waitFor(async () => {
+      const states = await Promise.all(running.map((id) => viaA.getState(id)));
+      return states.every((s) => s.stages[0]?.state === State.RUNNING);
+    }, { what: "both long tasks to run" });
+    const queued = await viaA.submit("holds", { ms: 20_000 });
+    t.is((await viaA.getState(queued)).stages[0]?.state, State.PENDING);
+
+    // The queued one first, through the other router (etcd carries it to the one that drives it).
+    await viaB.cancel(queued, "cancelled while queued");
+    await waitFor(async () => (await viaA.getState(queued)).state === State.CANCELLED, { what: "the queued task to be CANCELLED" });
+    await viaA.cancel(running[0] as string, "not needed any more");
+    await viaB.cancel(running[1] as string, "cancelled through the other router");
+    for (const id of running) {
+      await waitFor(async () => (await viaA.getState(id)).state === State.CANCELLED, { what: `task ${id} to be CANCELLED` });
+    }
+    const s0 = await viaA.getState(running[0] as string);
+    t.is(s0.stages[0]?.state, State.CANCELLED);
+    t.is(s0.error?.message, "not needed any more");
+    t.is((await viaA.getState(running[1] as string)).error?.message, "cancelled through the other router");
+    const q = await history(queued);
+    t.false(q.some((s) => s.endsWith("DISPATCHED")), "the queued task was never dispatched");
+    // The slots are free again: a short task runs at once.
+    const r = await viaA.run("holds", { ms: 1 });
+    t.is(stateName(r.state), "SUCCEEDED");
+    const err = await t.throwsAsync(viaB.cancel("no-such-task"));
+    t.is(ConnectError.from(err).code, Code.NotFound);
+  } finally {
+    await viaA.close();
+    await viaB.close();
+  }
+});
+
+test.serial("a task deadline covers the whole pipeline: the task is TIMED_OUT when it passes", async (t) => {
+  const r = await mesh.client.run("holds", { ms: 10_000 }, { deadline: 400 });
+  t.is(stateName(r.state), "TIMED_OUT");
+  t.regex(r.error?.message ?? "", /deadline/);
+  const err = await t.throwsAsync(mesh.client.submit("holds", {}, { deadline: new Date(Date.now() - 1000) }));
+  t.is(ConnectError.from(err).code, Code.DeadlineExceeded);
+});
+
+test.serial("a payload over the limit is RESOURCE_EXHAUSTED and the router keeps serving", async (t) => {
+  const big = new Uint8Array(4 * 1024 * 1024 + 1);
+  const err = await t.throwsAsync(mesh.client.submit("echoes", big));
+  t.is(ConnectError.from(err).code, Code.ResourceExhausted);
+  t.is(stateName((await mesh.client.run("echoes", 1)).state), "SUCCEEDED");
+});
+
+test.serial("garbage bytes on a call end that call alone", async (t) => {
+  const address = mesh.routers[0]?.address as string;
+  const session = connect(`http://${address}`);
+  try {
+    const status = await new Promise<string>((resolve, reject) => {
+      const req = session.request({
+        ":method": "POST",
+        ":path": "/dsat.v1.RouterService/Submit",
+        "content-type": "application/grpc",
+        te: "trailers",
+      });
+      let grpcStatus = "";
+      req.on("response", (h) => {
+        if (h["grpc-status"]) grpcStatus = String(h["grpc-status"]);
+      });
+      req.on("trailers", (h) => {
+        grpcStatus = String(h["grpc-status"] ?? grpcStatus);
+      });
+      req.on("end", () => resolve(grpcStatus));
+      req.on("error", reject);
+      req.resume();
+      // A gRPC frame whose 9 bytes are not a SubmitRequest.
+      req.end(Buffer.from([0, 0, 0, 0, 9, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]));
+    });
+    t.not(status, "0");
+    t.not(status, "");
+  } finally {
+    session.close();
+  }
+  t.is(stateName((await mesh.client.run("echoes", 2)).state), "SUCCEEDED");
+});
+
+test.serial("a status server killed with -9 loses no transition, and a watch resumes without gaps or repeats", async (t) => {
+  const ids = await Promise.all(Array.from({ length: 30 }, () => mesh.client.submit("holds", { ms: 300 })));
+  const watched = ids[0] as string;
+  const seen: bigint[] = [];
+  // This client watches through the first status server, the one that is killed.
+  const watcher = createClient({ etcd: mesh.etcd.endpoint, status: mesh.status.map((s) => s.address) });
+  const watching = (async () => {
+    for await (const tr of watcher.watch(watched)) seen.push(tr.seq);
+  })();
+  try {
+    await waitFor(() => seen.length >= 2, { what: "the watch to be under way" });
+    await mesh.status[0]?.kill9();
+    await watching;
+  } finally {
+    await watcher.close();
+  }
+  const expected = (await mesh.client.getState(watched, { history: true })).history.map((h) => h.seq);
+  t.deepEqual(seen, expected);
+  for (const id of ids) {
+    await waitFor(async () => (await mesh.client.getState(id)).state === State.SUCCEEDED, { timeoutMs: 20_000, what: `task ${id}` });
+  }
+  const h = await mesh.client.getState(ids[29] as string, { history: true });
+  t.deepEqual(h.history.map((x) => x.seq), h.history.map((_, i) => BigInt(i + 1)));
+});
