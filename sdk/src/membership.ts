@@ -156,6 +156,35 @@ export class MemberWatcher extends EventEmitter {
     this.#watcher.on("put", (kv) => this.#put(kv.key.toString(), kv.value));
     this.#watcher.on("delete", (kv) => this.#delete(kv.key.toString()));
     this.#watcher.on("error", (err) => this.emit("error", err));
+    // After a reconnection (etcd restarted, a network cut) read everything again, so that
+    // what changed while the watch was away is not missed.
+    this.#watcher.on("disconnected", () => {
+      this.#stale = true;
+    });
+    this.#watcher.on("connected", () => {
+      if (this.#stale) void this.#resync();
+    });
+  }
+
+  #stale = false;
+
+  async #resync(): Promise<void> {
+    this.#stale = false;
+    try {
+      const res = await this.#etcd.getAll().prefix(this.#prefix).exec();
+      const seen = new Set<string>();
+      for (const kv of res.kvs) {
+        const key = kv.key.toString();
+        seen.add(key);
+        const prev = this.members.get(key);
+        const next = parseMember(kv.value);
+        if (next && (!prev || !equalMembers(prev, next))) this.#put(key, kv.value);
+      }
+      for (const key of [...this.members.keys()]) if (!seen.has(key)) this.#delete(key);
+    } catch (err) {
+      this.#stale = true;
+      this.emit("error", err);
+    }
   }
 
   #put(key: string, value: Buffer): void {
@@ -176,6 +205,10 @@ export class MemberWatcher extends EventEmitter {
   async close(): Promise<void> {
     await this.#watcher?.cancel();
   }
+}
+
+function equalMembers(a: Member, b: Member): boolean {
+  return toJsonString(MemberSchema, a) === toJsonString(MemberSchema, b);
 }
 
 /** Lists the members registered now under a prefix. */

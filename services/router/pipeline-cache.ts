@@ -29,6 +29,27 @@ export class PipelineCache {
       .create();
     this.#watcher.on("put", (kv) => this.#put(kv.value));
     this.#watcher.on("delete", (kv) => this.#current.delete(kv.key.toString().slice(prefix.length)));
+    // After a reconnection, read again what may have changed while the watch was away.
+    let stale = false;
+    this.#watcher.on("disconnected", () => {
+      stale = true;
+    });
+    this.#watcher.on("connected", () => {
+      if (!stale) return;
+      stale = false;
+      this.#etcd
+        .getAll()
+        .prefix(prefix)
+        .exec()
+        .then(
+          (r) => {
+            for (const kv of r.kvs) this.#put(kv.value);
+          },
+          () => {
+            stale = true;
+          },
+        );
+    });
   }
 
   #put(value: Buffer): Pipeline | undefined {

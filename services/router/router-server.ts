@@ -203,14 +203,34 @@ export class RouterServer {
     this.#workers.on("down", (m: Member) => this.#workerDown(m));
     await this.#workers.start();
     const cancels = this.#keys.cancels();
+    const onCancel = (key: Buffer, value: Buffer) => {
+      const run = this.#tasks.get(key.toString().slice(cancels.length));
+      if (!run) return;
+      this.#cancelTask(run, value.toString() || "cancelled");
+      void this.#etcd.delete().key(key).exec().catch(() => {});
+    };
     this.#cancelWatcher = await this.#etcd.watch().prefix(cancels).create();
-    this.#cancelWatcher.on("put", (kv) => {
-      const taskId = kv.key.toString().slice(cancels.length);
-      const run = this.#tasks.get(taskId);
-      if (run) {
-        this.#cancelTask(run, kv.value.toString() || "cancelled");
-        void this.#etcd.delete().key(kv.key).exec().catch(() => {});
-      }
+    this.#cancelWatcher.on("put", (kv) => onCancel(kv.key, kv.value));
+    // Cancels written while the watch was away (etcd restarted) are read on reconnection.
+    let stale = false;
+    this.#cancelWatcher.on("disconnected", () => {
+      stale = true;
+    });
+    this.#cancelWatcher.on("connected", () => {
+      if (!stale) return;
+      stale = false;
+      this.#etcd
+        .getAll()
+        .prefix(cancels)
+        .exec()
+        .then(
+          (r) => {
+            for (const kv of r.kvs) onCancel(kv.key, kv.value);
+          },
+          () => {
+            stale = true;
+          },
+        );
     });
     await this.#registration.start();
     this.#server.health.setAll(ServingStatus.SERVING);
