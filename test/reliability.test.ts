@@ -176,3 +176,9 @@ test.serial("a status server killed with -9 loses no transition, and a watch res
   const h = await mesh.client.getState(ids[29] as string, { history: true });
   t.deepEqual(h.history.map((x) => x.seq), h.history.map((_, i) => BigInt(i + 1)));
 });
+
+test.serial("large payloads never share a message past the gRPC limit", async (t) => {
+  const pad = "x".repeat(3 * 1024 * 1024);
+  const results = await Promise.all([1, 2, 3].map((i) => mesh.client.run("holds", { ms: i, pad })));
+  for (const r of results) t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+});

@@ -38,6 +38,7 @@ export { HealthService, ServingStatus } from "./server/health.ts";
 export { ReflectionService } from "./server/reflection.ts";
 export { transportTo, clientTo, MAX_MESSAGE_BYTES } from "./transport.ts";
 export { AsyncQueue } from "./async-queue.ts";
+export { splitBySize, MAX_BATCH_BYTES } from "./batch.ts";
 export { createLogger, defaultLogLevel } from "./logger.ts";
 export type { Logger, LogLevel } from "./logger.ts";
 

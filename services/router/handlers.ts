@@ -3,6 +3,7 @@ import {
   Code,
   type SubmitStreamRequest,
   type SubmitStreamResponseSchema,
+  splitBySize,
   type TaskResult,
   toDsatError,
 } from "@dsat/sdk";
@@ -31,7 +32,7 @@ export function submitStreamHandler(router: RouterServer, call: Call): Promise<v
     const flushResults = () => {
       scheduled = false;
       if (pending.length === 0 || finished) return;
-      call.write({ results: pending });
+      for (const results of splitBySize(pending, (r) => r.output.length + 256)) call.write({ results });
       pending = [];
       maybeEnd();
     };

@@ -7,6 +7,7 @@ import {
   Code,
   type ConnectError,
   dsatError,
+  splitBySize,
   type Member,
   type ProcessRequest,
   ProcessRequestSchema,
@@ -105,7 +106,13 @@ export class WorkerLink {
     this.#scheduled = false;
     if (this.closed) return;
     if (this.#assignments.length === 0 && this.#cancels.length === 0) return;
-    this.#requests.push(create(ProcessRequestSchema, { assignments: this.#assignments, cancels: this.#cancels }));
+    // Many assignments share a message, but no message may pass the gRPC limit.
+    const batches = splitBySize(this.#assignments, (a) => (a.task?.payload.length ?? 0) + 512);
+    batches.forEach((assignments, i) => {
+      const cancels = i === batches.length - 1 ? this.#cancels : [];
+      this.#requests.push(create(ProcessRequestSchema, { assignments, cancels }));
+    });
+    if (batches.length === 0) this.#requests.push(create(ProcessRequestSchema, { cancels: this.#cancels }));
     this.#assignments = [];
     this.#cancels = [];
   }

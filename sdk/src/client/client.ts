@@ -2,6 +2,7 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Etcd3 } from "etcd3";
 import { AsyncQueue } from "../async-queue.ts";
+import { splitBySize } from "../batch.ts";
 import { Code, ConnectError, dsatError, toDsatError } from "../errors.ts";
 import { connectEtcd, defaultEtcdEndpoints } from "../etcd.ts";
 import type { Member } from "../gen/dsat/v1/member_pb.js";
@@ -386,8 +387,11 @@ class RunStream {
       for (const b of batch) b.waiting.reject(dsatError(Code.Unavailable, "the submit stream is closed"));
       return;
     }
-    this.#acks.push(batch.map((b) => b.waiting));
-    this.#requests.push(create(SubmitStreamRequestSchema, { tasks: batch.map((b) => b.req), awaitResults: true }));
+    // Many tasks share a request, within the message size limit; each request gets its acks.
+    for (const part of splitBySize(batch, (b) => b.req.payload.length + 256)) {
+      this.#acks.push(part.map((b) => b.waiting));
+      this.#requests.push(create(SubmitStreamRequestSchema, { tasks: part.map((b) => b.req), awaitResults: true }));
+    }
   }
 
   async #read(responses: AsyncIterable<{ acks: SubmitAck[]; results: TaskResult[] }>): Promise<void> {

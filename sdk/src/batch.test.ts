@@ -1,0 +1,12 @@
+import test from "ava";
+import { splitBySize } from "./batch.ts";
+
+test("keeps order and stays within the bound", (t) => {
+  t.deepEqual(splitBySize([1, 2, 3, 4, 5], (x) => x, 5), [[1, 2], [3], [4], [5]]);
+  t.deepEqual(splitBySize([1, 1, 1, 1], (x) => x, 10), [[1, 1, 1, 1]]);
+});
+
+test("an item over the bound goes alone; nothing in, nothing out", (t) => {
+  t.deepEqual(splitBySize([1, 20, 1], (x) => x, 5), [[1], [20], [1]]);
+  t.deepEqual(splitBySize([], () => 1, 5), []);
+});
