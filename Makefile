@@ -5,7 +5,7 @@ NODE_RUN := $(NODE) --conditions=source --disable-warning=ExperimentalWarning
 BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all deps python gen check-gen lint typecheck cycles unit test demo up bench clean
+.PHONY: all deps python gen check-gen check-breaking sdk lint typecheck cycles unit test chaos demo up bench clean
 
 all: test
 
@@ -37,6 +37,14 @@ check-gen: deps
 	    echo "sdk/src/gen was stale: regenerated it; commit the result (make gen)"; diff -r $$tmp/before sdk/src/gen | head -20; rm -rf $$tmp; exit 1; \
 	  fi; rm -rf $$tmp; echo "generated code is up to date"
 
+## check-breaking: proto/ against the last released contract (contract/, buf FILE rules).
+check-breaking: deps
+	bash scripts/check-breaking.sh
+
+## sdk: build the SDK package (sdk/dist), as `npm pack` in sdk/ does.
+sdk: deps
+	bash scripts/build-sdk.sh
+
 lint: deps
 	buf lint
 	biome lint --error-on-warnings sdk/src services test scripts
@@ -50,9 +58,13 @@ cycles: deps
 unit: deps
 	$(NODE) node_modules/ava/entrypoints/cli.mjs 'sdk/src/**/*.test.ts' 'services/**/*.test.ts'
 
-## test: lint, typecheck, generated code, import cycles, then every test (real etcd, real processes).
-test: deps check-gen lint typecheck cycles
+## test: lint, typecheck, generated code, contract, import cycles, then every test (real etcd, real processes).
+test: deps check-gen check-breaking lint typecheck cycles
 	$(NODE) node_modules/ava/entrypoints/cli.mjs
+
+## chaos: 10,000 tasks while workers, a router and a status server are killed and etcd restarts.
+chaos: deps
+	$(NODE_RUN) test/chaos/chaos.ts --tasks 10000
 
 ## demo: a local satellite (etcd started for you), a three-stage pipeline, 1000 tasks, live progress.
 demo: deps
@@ -63,4 +75,4 @@ up: deps
 	$(NODE_RUN) services/cli/main.ts up examples/demo/pipeline.yaml
 
 clean:
-	rm -rf .dsat node_modules
+	rm -rf .dsat node_modules sdk/dist

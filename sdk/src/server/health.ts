@@ -15,6 +15,8 @@ export { ServingStatus };
 export class HealthService {
   readonly #statuses = new Map<string, ServingStatus>();
   readonly #watchers = new Map<string, Set<(s: ServingStatus) => void>>();
+  /** Ends each open Watch call. */
+  readonly #ends = new Set<() => void>();
 
   constructor(initial: Record<string, ServingStatus> = { "": ServingStatus.NOT_SERVING }) {
     for (const [k, v] of Object.entries(initial)) this.#statuses.set(k, v);
@@ -34,6 +36,14 @@ export class HealthService {
 
   getStatus(service: string): ServingStatus | undefined {
     return this.#statuses.get(service);
+  }
+
+  /**
+   * Ends every open Watch call (with OK, after the last status it sent), so that a graceful
+   * shutdown does not wait out its grace for streams that never end by themselves.
+   */
+  close(): void {
+    for (const end of [...this.#ends]) end();
   }
 
   /** Serves grpc.health.v1.Health on a grpc-js server. */
@@ -58,10 +68,13 @@ export class HealthService {
           let set = this.#watchers.get(req.service);
           if (!set) this.#watchers.set(req.service, (set = new Set()));
           set.add(send);
-          call.on("cancelled", () => {
+          const end = () => {
             set.delete(send);
+            this.#ends.delete(end);
             resolve();
-          });
+          };
+          this.#ends.add(end);
+          call.on("cancelled", end);
         }),
     });
   }

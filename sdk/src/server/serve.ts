@@ -1,5 +1,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
+import { Health } from "../gen/grpc/health/v1/health_pb.js";
+import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { HealthService, ServingStatus } from "./health.ts";
 import { ReflectionService } from "./reflection.ts";
 
@@ -50,7 +52,7 @@ export async function startGrpcServer(
   for (const s of services) initial[s.typeName] = ServingStatus.NOT_SERVING;
   const health = new HealthService(initial);
   health.addToServer(server);
-  new ReflectionService(services).addToServer(server);
+  new ReflectionService([...services, Health, ServerReflection]).addToServer(server);
   register(server);
   const bindHost = opts.host.includes(":") ? `[${opts.host}]` : opts.host;
   const port = await new Promise<number>((resolve, reject) => {
@@ -72,6 +74,7 @@ export async function startGrpcServer(
           resolve();
         }, graceMs);
         timer.unref();
+        health.close();
         server.tryShutdown(() => {
           clearTimeout(timer);
           resolve();
