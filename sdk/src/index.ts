@@ -9,6 +9,20 @@ export { createWorker, routeTo } from "./worker/worker.ts";
 export type { Worker, WorkerOptions, Handler, TaskContext, HandlerResult } from "./worker/worker.ts";
 export { Payload, encodePayload } from "./payload.ts";
 
+// ---------------------------------------------------------------------------- telemetry
+export { startTelemetry, shutdownTelemetry, tracingConfigured, activeTracer } from "./telemetry/telemetry.ts";
+export type { Telemetry, TelemetryOptions } from "./telemetry/telemetry.ts";
+export { ATTR, AttemptSpan, addTransitionEvent, endSpan, isEndState, TASK_ID_KEY } from "./telemetry/spans.ts";
+export {
+  TRACEPARENT,
+  TRACESTATE,
+  parseTraceparent,
+  formatTraceparent,
+  withTraceContext,
+  contextFromHeaders,
+  traceHeaders,
+} from "./telemetry/trace-context.ts";
+
 // ---------------------------------------------------------------------------- errors
 export { Code, ConnectError, dsatError, isRetryable, toDsatError, codeName, codeFromName, toGrpcStatus } from "./errors.ts";
 

@@ -1,3 +1,5 @@
+import { activeLogContext } from "./telemetry/spans.ts";
+
 /** Log levels, quietest last. */
 export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
 
@@ -19,7 +21,10 @@ export function defaultLogLevel(): LogLevel {
   return v && v in RANK ? (v as LogLevel) : "warn";
 }
 
-/** Creates a JSON-lines logger writing to stderr. */
+/**
+ * Creates a JSON-lines logger writing to stderr. A line logged inside a span (a worker's
+ * attempt, with tracing on) carries `trace_id` and `span_id`, and `task` when known.
+ */
 export function createLogger(
   base: Record<string, unknown> = {},
   level: LogLevel = defaultLogLevel(),
@@ -29,6 +34,12 @@ export function createLogger(
   const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>) => {
     if (RANK[lvl] < min) return;
     const rec: Record<string, unknown> = { time: new Date().toISOString(), level: lvl, msg, ...base, ...fields };
+    const trace = activeLogContext();
+    if (trace) {
+      rec.trace_id = trace.traceId;
+      rec.span_id = trace.spanId;
+      if (rec.task === undefined && typeof trace.taskId === "string") rec.task = trace.taskId;
+    }
     for (const [k, v] of Object.entries(rec)) {
       if (v instanceof Error) rec[k] = v.message;
       else if (typeof v === "bigint") rec[k] = v.toString();

@@ -17,6 +17,7 @@ import {
 } from "@dsat/sdk";
 import { loadPipelineFile } from "./pipeline-file.ts";
 import { table } from "./render.ts";
+import { renderTimeline } from "./trace-chart.ts";
 import { UP_FILE } from "./satellite.ts";
 
 /** Where the CLI finds etcd: --etcd, DSAT_ETCD, the `dsat up` of this folder, else 127.0.0.1:2379. */
@@ -146,6 +147,12 @@ export async function state(client: DsatClient, taskId: string): Promise<void> {
       ]),
     ),
   );
+}
+
+/** `dsat trace ID`: the task's timeline from its stored history, as a text Gantt chart. */
+export async function trace(client: DsatClient, taskId: string): Promise<void> {
+  const s = await client.getState(taskId, { history: true });
+  out(renderTimeline(s, { width: Math.max(20, Math.min(60, (process.stdout.columns ?? 120) - 80)) }));
 }
 
 /** `dsat members`: who is up, their stage, version and load (as the routers see it). */

@@ -18,6 +18,7 @@ usage:
         [--wait] [--id ID]          --wait: wait for the end and print the output
   dsat watch ID                     follow a task's transitions live until it ends
   dsat state ID                     a task's state, stage by stage
+  dsat trace ID                     a task's timeline: stages, attempts, workers, durations, as bars
   dsat cancel ID [--reason TEXT]    cancel a task wherever it runs
   dsat list [--pipeline P] [--state S[,S]] [--limit N]
   dsat members                      who is up: kind, stage, version, load
@@ -86,6 +87,10 @@ async function main(): Promise<number> {
       case "state":
         if (!args[0]) usage("state needs a task id");
         await cmd.state(client, args[0] as string);
+        return 0;
+      case "trace":
+        if (!args[0]) usage("trace needs a task id");
+        await cmd.trace(client, args[0] as string);
         return 0;
       case "cancel":
         if (!args[0]) usage("cancel needs a task id");

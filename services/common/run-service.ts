@@ -1,5 +1,6 @@
 import { parseArgs } from "node:util";
-import { defaultEtcdEndpoints, toDsatError } from "@dsat/sdk";
+import { defaultEtcdEndpoints, startTelemetry, type Telemetry, toDsatError } from "@dsat/sdk";
+import { MetricsRegistry, type MetricsServer, serveMetrics } from "./metrics.ts";
 
 /** Flags every service process takes (each also from an environment variable). */
 export interface ServiceFlags {
@@ -17,6 +18,8 @@ export interface ServiceFlags {
   id: string | undefined;
   /** --max-tasks: routers' task limit. */
   maxTasks: number | undefined;
+  /** --metrics-port, DSAT_METRICS_PORT: the registry served at host:port/metrics; undefined when off (port 0, the default). */
+  metrics: MetricsRegistry | undefined;
   /** Flags this helper does not know, for the service. */
   rest: Record<string, string | boolean | undefined>;
 }
@@ -31,9 +34,12 @@ export interface StartedService {
 }
 
 /**
- * Runs a service as a process: parses flags, starts it, prints one line
- * `ready {"kind":…,"id":…,"address":…}` on stdout once it serves, drains on SIGTERM,
- * closes on SIGINT, and exits 1 with a clear message when it cannot start.
+ * Runs a service as a process: parses flags, starts tracing when the OTEL_* variables ask
+ * for it (service name "dsat-<kind>" unless OTEL_SERVICE_NAME says otherwise), starts the
+ * service and its metrics endpoint when --metrics-port is set, prints one line
+ * `ready {"kind":…,"id":…,"address":…,"pid":…,"tracing":…[,"metrics":"host:port"]}` on
+ * stdout once it serves, drains on SIGTERM, closes on SIGINT (exporting buffered spans
+ * either way), and exits 1 with a clear message when it cannot start.
  */
 export async function runService(
   kind: string,
@@ -50,6 +56,7 @@ export async function runService(
       "lease-ttl": { type: "string" },
       id: { type: "string" },
       "max-tasks": { type: "string" },
+      "metrics-port": { type: "string" },
     },
     strict: true,
   });
@@ -62,16 +69,41 @@ export async function runService(
     leaseTtlSeconds: Number(str(values["lease-ttl"]) ?? process.env.DSAT_LEASE_TTL ?? 5),
     id: str(values.id),
     maxTasks: str(values["max-tasks"]) ? Number(values["max-tasks"]) : undefined,
+    metrics: undefined,
     rest: values as Record<string, string | boolean | undefined>,
   };
+  const metricsPort = Number(str(values["metrics-port"]) ?? process.env.DSAT_METRICS_PORT ?? 0);
+  if (!Number.isInteger(metricsPort) || metricsPort < 0 || metricsPort > 65_535) {
+    process.stderr.write(`dsat ${kind}: --metrics-port must be a port number (0: no metrics endpoint), not "${values["metrics-port"] ?? process.env.DSAT_METRICS_PORT}"\n`);
+    process.exit(1);
+  }
+  if (metricsPort > 0) flags.metrics = new MetricsRegistry();
+  let telemetry: Telemetry | undefined;
+  let metricsServer: MetricsServer | undefined;
   let service: StartedService;
   try {
+    telemetry = await startTelemetry({ serviceName: `dsat-${kind}` });
+    if (flags.metrics) {
+      metricsServer = await serveMetrics(flags.metrics, flags.host, metricsPort).catch((err: unknown) => {
+        throw new Error(`cannot serve metrics on ${flags.host}:${metricsPort}: ${(err as Error).message}`);
+      });
+    }
     service = await withDeadline(start(flags), 15_000, `could not start within 15 s (is etcd at ${flags.etcd} up?)`);
   } catch (err) {
     process.stderr.write(`dsat ${kind}: ${toDsatError(err).rawMessage}\n`);
+    await metricsServer?.close().catch(() => {});
+    await telemetry?.shutdown().catch(() => {});
     process.exit(1);
   }
-  process.stdout.write(`ready ${JSON.stringify({ kind, id: service.id, address: service.address, pid: process.pid })}\n`);
+  const ready = {
+    kind,
+    id: service.id,
+    address: service.address,
+    pid: process.pid,
+    tracing: telemetry.tracing,
+    ...(metricsServer ? { metrics: metricsServer.address } : {}),
+  };
+  process.stdout.write(`ready ${JSON.stringify(ready)}\n`);
   let stopping = false;
   const stop = async (graceful: boolean) => {
     if (stopping) return;
@@ -79,6 +111,9 @@ export async function runService(
     try {
       await (graceful && service.drain ? service.drain() : service.close());
     } finally {
+      // Spans of what just ended are still buffered: export them before going.
+      await metricsServer?.close().catch(() => {});
+      await telemetry?.shutdown().catch(() => {});
       process.exit(0);
     }
   };

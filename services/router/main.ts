@@ -10,6 +10,7 @@ await runService("router", async (flags) => {
     leaseTtlSeconds: flags.leaseTtlSeconds,
     ...(flags.id ? { id: flags.id } : {}),
     ...(flags.maxTasks ? { maxTasks: flags.maxTasks } : {}),
+    ...(flags.metrics ? { metrics: flags.metrics } : {}),
   });
   return { id: router.id, address: router.address, close: () => router.close(), drain: () => router.drain() };
 });

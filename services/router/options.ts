@@ -1,5 +1,6 @@
 import type { Etcd3 } from "etcd3";
 import type { Logger } from "@dsat/sdk";
+import type { MetricsRegistry } from "../common/metrics.ts";
 
 /** Options of a router. */
 export interface RouterOptions {
@@ -28,6 +29,8 @@ export interface RouterOptions {
   /** The protocol version announced. Default DSAT_VERSION; change it only to test refusals. */
   protocolVersion: string;
   logger: Logger;
+  /** Where the router's metrics go (a process serves them, see services/common/metrics.ts). Default none: no metrics. */
+  metrics?: MetricsRegistry;
 }
 
 /** Defaults of {@link RouterOptions}; etcd, id, protocolVersion and logger are filled in at start. */

@@ -19,6 +19,7 @@ await runService("status", async (flags) => {
     prefix: flags.prefix,
     leaseTtlSeconds: flags.leaseTtlSeconds,
     ...(flags.id ? { id: flags.id } : {}),
+    ...(flags.metrics ? { metrics: flags.metrics } : {}),
   });
   return { id: server.id, address: server.address, close: () => server.close() };
 });

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { DEFAULT_PREFIX, defaultEtcdEndpoints } from "@dsat/sdk";
 import type { Etcd3 } from "etcd3";
+import type { MetricsRegistry } from "../common/metrics.ts";
 
 /** Options of a StatusServer. */
 export interface StatusOptions {
@@ -30,6 +31,8 @@ export interface StatusOptions {
   maxConflictRetries: number;
   /** Deadline of the first etcd call at start, in milliseconds. Default 3000. */
   connectTimeoutMs: number;
+  /** Where the server's metrics go (a process serves them, see services/common/metrics.ts). Default none: no metrics. */
+  metrics?: MetricsRegistry;
 }
 
 /**

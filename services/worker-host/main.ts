@@ -16,10 +16,11 @@ await runService("worker", async (flags) => {
   if (typeof handler !== "function") {
     throw new Error(`${modulePath} has no function export "${exportName}" to serve stage "${stage}"`);
   }
+  const concurrency = Number(flags.rest.concurrency ?? process.env.DSAT_CONCURRENCY ?? 1);
   const worker = await createWorker({
     stage,
     handler: handler as Handler,
-    concurrency: Number(flags.rest.concurrency ?? process.env.DSAT_CONCURRENCY ?? 1),
+    concurrency,
     etcd: flags.etcd,
     host: flags.host,
     port: flags.port,
@@ -28,5 +29,10 @@ await runService("worker", async (flags) => {
     ...(flags.id ? { id: flags.id } : {}),
     ...(typeof flags.rest["protocol-version"] === "string" ? { protocolVersion: flags.rest["protocol-version"] } : {}),
   });
+  const labels = [stage, worker.id] as const;
+  flags.metrics?.gauge("dsat_worker_in_flight", "Attempts this worker runs now.", ["stage", "worker"], () => [[labels, worker.inFlight]]);
+  flags.metrics?.gauge("dsat_worker_capacity", "Attempts this worker runs at once, at most (its concurrency).", ["stage", "worker"], () => [
+    [labels, concurrency],
+  ]);
   return { id: worker.id, address: worker.address, close: () => worker.close(), drain: () => worker.drain() };
 }, ["stage", "module", "export", "concurrency", "protocol-version"]);

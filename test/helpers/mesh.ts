@@ -1,6 +1,6 @@
 import { createClient, type DsatClient } from "@dsat/sdk";
 import { startEtcd, type TestEtcd } from "./etcd.ts";
-import { type ServiceProcess, startService } from "./processes.ts";
+import { freePort, type ServiceProcess, startService } from "./processes.ts";
 
 /** A mesh of real processes on loopback against a real etcd. */
 export interface TestMesh {
@@ -9,8 +9,8 @@ export interface TestMesh {
   readonly routers: ServiceProcess[];
   readonly workers: ServiceProcess[];
   readonly client: DsatClient;
-  /** Starts one more worker process for a stage, running an export of test/fixtures/stages.ts. */
-  addWorker(stage: string, exportName: string, extra?: string[]): Promise<ServiceProcess>;
+  /** Starts one more worker process for a stage, running an export of a fixture module (default test/fixtures/stages.ts). */
+  addWorker(stage: string, exportName: string, extra?: string[], module?: string): Promise<ServiceProcess>;
   close(): Promise<void>;
 }
 
@@ -24,6 +24,10 @@ export interface MeshOptions {
   routerArgs?: string[];
   /** Lease TTL of every member, in seconds. Default 2. */
   leaseTtlSeconds?: number;
+  /** Environment of every process (added to the test's; undefined removes a variable). */
+  env?: Record<string, string | undefined>;
+  /** Every process serves Prometheus metrics on a free port (see ServiceProcess.metrics). Default false. */
+  metrics?: boolean;
 }
 
 /** Starts etcd, status and router processes, and a client that finds them in etcd. */
@@ -31,18 +35,20 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
   const etcd = await startEtcd();
   const ttl = String(options.leaseTtlSeconds ?? 2);
   const common = ["--etcd", etcd.endpoint, "--lease-ttl", ttl];
+  const env = options.env ?? {};
+  const metricsArgs = async () => (options.metrics ? ["--metrics-port", String(await freePort())] : []);
   const all: ServiceProcess[] = [];
   const status: ServiceProcess[] = [];
   const routers: ServiceProcess[] = [];
   const workers: ServiceProcess[] = [];
   try {
     for (let i = 0; i < (options.status ?? 1); i++) {
-      const p = await startService("services/status/main.ts", common);
+      const p = await startService("services/status/main.ts", [...common, ...(await metricsArgs())], env);
       status.push(p);
       all.push(p);
     }
     for (let i = 0; i < (options.routers ?? 1); i++) {
-      const p = await startService("services/router/main.ts", [...common, ...(options.routerArgs ?? [])]);
+      const p = await startService("services/router/main.ts", [...common, ...(await metricsArgs()), ...(options.routerArgs ?? [])], env);
       routers.push(p);
       all.push(p);
     }
@@ -58,14 +64,15 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
     routers,
     workers,
     client,
-    addWorker: async (stage, exportName, extra = []) => {
+    addWorker: async (stage, exportName, extra = [], module = "test/fixtures/stages.ts") => {
       const p = await startService("services/worker-host/main.ts", [
         ...common,
+        ...(await metricsArgs()),
         "--stage", stage,
-        "--module", "test/fixtures/stages.ts",
+        "--module", module,
         "--export", exportName,
         ...extra,
-      ]);
+      ], env);
       workers.push(p);
       all.push(p);
       return p;

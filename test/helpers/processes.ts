@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { waitFor } from "./wait.ts";
@@ -12,6 +13,10 @@ export interface ServiceProcess {
   readonly id: string;
   readonly address: string;
   readonly pid: number;
+  /** True when it exports spans (OTEL_* variables). */
+  readonly tracing?: boolean;
+  /** host:port of its Prometheus endpoint, when it serves one (--metrics-port). */
+  readonly metrics?: string;
   readonly child: ChildProcess;
   /** Everything it wrote on stderr (the last 64 KiB). */
   stderr(): string;
@@ -25,12 +30,19 @@ export interface ServiceProcess {
 
 /**
  * Starts a service entry (a .ts file under services/) as a real child process with the
- * project's Node, and waits for its `ready` line.
+ * project's Node, and waits for its `ready` line. `env` adds to the test's environment; a
+ * variable set to undefined there is removed.
  */
-export async function startService(entry: string, args: string[], env: Record<string, string> = {}): Promise<ServiceProcess> {
+export async function startService(
+  entry: string,
+  args: string[],
+  env: Record<string, string | undefined> = {},
+): Promise<ServiceProcess> {
+  const childEnv: NodeJS.ProcessEnv = { ...process.env, DSAT_EXIT_WITH_PARENT: "1", ...env };
+  for (const [k, v] of Object.entries(env)) if (v === undefined) delete childEnv[k];
   const child = spawn(process.execPath, ["--conditions=source", "--disable-warning=ExperimentalWarning", entry, ...args], {
     cwd: ROOT,
-    env: { ...process.env, DSAT_EXIT_WITH_PARENT: "1", ...env },
+    env: childEnv,
     stdio: ["ignore", "pipe", "pipe"],
   });
   let err = "";
@@ -38,7 +50,7 @@ export async function startService(entry: string, args: string[], env: Record<st
     err = (err + d.toString()).slice(-65536);
   });
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  const ready = await new Promise<{ kind: string; id: string; address: string; pid: number }>((resolve, reject) => {
+  const ready = await new Promise<{ kind: string; id: string; address: string; pid: number; tracing?: boolean; metrics?: string }>((resolve, reject) => {
     const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });
     const timer = setTimeout(() => reject(new Error(`${entry} did not become ready in 20 s: ${err}`)), 20_000);
     rl.on("line", (line) => {
@@ -66,6 +78,18 @@ export async function startService(entry: string, args: string[], env: Record<st
       await waitFor(() => child.exitCode !== null || child.signalCode !== null, { timeoutMs: 40_000, what: `${entry} to exit` });
     },
   };
+}
+
+/** A TCP port free on 127.0.0.1 now (for a flag that takes no 0, such as --metrics-port). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
 }
 
 /** Starts a worker process for a stage with a handler module from test/fixtures. */

@@ -20,6 +20,8 @@ import { Registration } from "../membership.ts";
 import { encodePayload, Payload } from "../payload.ts";
 import { ServingStatus } from "../server/health.ts";
 import { type RunningGrpcServer, startGrpcServer } from "../server/serve.ts";
+import { AttemptSpan } from "../telemetry/spans.ts";
+import { activeTracer } from "../telemetry/telemetry.ts";
 import { DSAT_VERSION, isCompatible, parseVersion } from "../version.ts";
 
 /** What a handler is told about the task it runs. */
@@ -228,6 +230,8 @@ export async function createWorker(
       }
     }
     const started = performance.now();
+    // Undefined when tracing is off: then no span object is made.
+    const span = AttemptSpan.start(activeTracer(), a, id);
     let done = false;
     const finish = (to: State, error?: TaskError, output?: Uint8Array, port?: string) => {
       if (done) return;
@@ -236,11 +240,15 @@ export async function createWorker(
       running.delete(key);
       const ms = performance.now() - started;
       runMsAvg = runMsAvg === 0 ? ms : runMsAvg * 0.9 + ms * 0.1;
-      link.send(transition(a, State.RUNNING, to, { error, output, port: port ?? "" }));
+      const end = transition(a, State.RUNNING, to, { error, output, port: port ?? "" });
+      span?.end(end);
+      link.send(end);
       if (draining && running.size === 0) drained?.();
     };
     running.set(key, { controller, link, finish: (to, error) => finish(to, error) });
-    link.send(transition(a, State.DISPATCHED, State.RUNNING));
+    const runningT = transition(a, State.DISPATCHED, State.RUNNING);
+    span?.transition(runningT);
+    link.send(runningT);
     const timer = setTimeout(() => {
       const message = byDeadline
         ? `task ${task.id} passed its deadline at stage "${a.stage}"`
@@ -260,7 +268,7 @@ export async function createWorker(
       workerId: id,
     };
     Promise.resolve()
-      .then(() => opts.handler(new Payload(task.payload), ctx))
+      .then(() => (span ? span.run(() => opts.handler(new Payload(task.payload), ctx)) : opts.handler(new Payload(task.payload), ctx)))
       .then(
         (result) => {
           if (result !== null && typeof result === "object" && ROUTE in result) {

@@ -1,0 +1,127 @@
+import type { Tracer } from "@opentelemetry/api";
+import { trace } from "@opentelemetry/api";
+import { DSAT_VERSION } from "../version.ts";
+
+/** Options of {@link startTelemetry}. */
+export interface TelemetryOptions {
+  /**
+   * `service.name` of the spans, used when neither OTEL_SERVICE_NAME nor a service.name in
+   * OTEL_RESOURCE_ATTRIBUTES sets one. Default "dsat".
+   */
+  serviceName: string;
+}
+
+const DEFAULT_TELEMETRY_OPTIONS = Object.freeze({ serviceName: "dsat" });
+
+/** Telemetry as started by {@link startTelemetry}. */
+export interface Telemetry {
+  /** True when spans are recorded and exported. */
+  readonly tracing: boolean;
+  /** Exports what is buffered and stops (bounded by OTEL_BSP_EXPORT_TIMEOUT, at most 10 s). */
+  shutdown(): Promise<void>;
+}
+
+const OFF: Telemetry = Object.freeze({ tracing: false, shutdown: async () => {} });
+
+/** The tracer of dsat's own spans while telemetry runs; undefined when tracing is off. */
+let tracer: Tracer | undefined;
+let running: Promise<Telemetry> | undefined;
+
+/**
+ * True when the OTEL_* variables ask for traces: OTEL_TRACES_EXPORTER names an exporter
+ * other than "none", or it is unset and an OTLP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT or
+ * OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is given; never when OTEL_SDK_DISABLED is true.
+ * Unlike the OpenTelemetry default, tracing is off when nothing is set.
+ */
+export function tracingConfigured(env: Readonly<Record<string, string | undefined>> = process.env): boolean {
+  if (env.OTEL_SDK_DISABLED?.trim().toLowerCase() === "true") return false;
+  const exporters = exporterNames(env);
+  if (exporters.length > 0) return !exporters.includes("none");
+  return Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim() || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim());
+}
+
+function exporterNames(env: Readonly<Record<string, string | undefined>>): string[] {
+  return (env.OTEL_TRACES_EXPORTER ?? "")
+    .split(",")
+    .map((s) => s.trim().toLowerCase())
+    .filter((s) => s !== "");
+}
+
+/**
+ * Starts OpenTelemetry tracing in this process when the OTEL_* variables ask for it (see
+ * {@link tracingConfigured}): the Node SDK with a batch span processor and, by default, the
+ * OTLP exporter over HTTP/protobuf (OTEL_EXPORTER_OTLP_*), the sampler of
+ * OTEL_TRACES_SAMPLER(_ARG), the W3C propagators. When tracing is off it loads nothing and
+ * returns at once. `@opentelemetry/sdk-node` and `@opentelemetry/exporter-trace-otlp-proto`
+ * are then needed (optional peer dependencies of the SDK). Calling it again returns the
+ * same telemetry.
+ */
+export function startTelemetry(options: Partial<TelemetryOptions> = {}): Promise<Telemetry> {
+  running ??= start({ ...DEFAULT_TELEMETRY_OPTIONS, ...options }).catch((err: unknown) => {
+    running = undefined;
+    throw err;
+  });
+  return running;
+}
+
+/** Stops what {@link startTelemetry} started, exporting what is buffered first. */
+export async function shutdownTelemetry(): Promise<void> {
+  const t = running;
+  if (!t) return;
+  await (await t).shutdown();
+}
+
+/** The tracer of dsat's spans, or undefined when tracing is off: the one check on hot paths. */
+export function activeTracer(): Tracer | undefined {
+  return tracer;
+}
+
+async function start(opts: TelemetryOptions): Promise<Telemetry> {
+  // The OpenTelemetry SDK reads process.env itself: so do we, for one truth.
+  const env = process.env;
+  if (!tracingConfigured(env)) return OFF;
+  const [{ NodeSDK }, { OTLPTraceExporter }] = await Promise.all([
+    import("@opentelemetry/sdk-node"),
+    import("@opentelemetry/exporter-trace-otlp-proto"),
+  ]).catch((err: unknown) => {
+    throw new Error(
+      `tracing is on (OTEL_* variables) but the OpenTelemetry Node SDK is missing: npm install @opentelemetry/sdk-node @opentelemetry/exporter-trace-otlp-proto (${(err as Error).message})`,
+    );
+  });
+  const exporters = exporterNames(env);
+  const protocol = (env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? "http/protobuf").trim();
+  // OTLP over HTTP/protobuf is the default; any other exporter or protocol named in
+  // OTEL_* is left for the Node SDK to build from the same variables.
+  const ownExporter = (exporters.length === 0 || (exporters.length === 1 && exporters[0] === "otlp")) && protocol === "http/protobuf";
+  const named = Boolean(env.OTEL_SERVICE_NAME?.trim()) || /(^|,)\s*service\.name\s*=/.test(env.OTEL_RESOURCE_ATTRIBUTES ?? "");
+  const sdk = new NodeSDK({
+    ...(named ? {} : { serviceName: opts.serviceName }),
+    ...(ownExporter ? { traceExporter: new OTLPTraceExporter() } : {}),
+    // Traces only: dsat serves its metrics itself (Prometheus text) and writes its logs as JSON lines.
+    metricReaders: [],
+    logRecordProcessors: [],
+    instrumentations: [],
+  });
+  sdk.start();
+  tracer = trace.getTracer("dsat", DSAT_VERSION);
+  let stopped: Promise<void> | undefined;
+  return {
+    tracing: true,
+    shutdown: () => {
+      stopped ??= (async () => {
+        tracer = undefined;
+        let timer: NodeJS.Timeout | undefined;
+        const limit = new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, 10_000);
+          timer.unref();
+        });
+        try {
+          await Promise.race([sdk.shutdown(), limit]);
+        } finally {
+          clearTimeout(timer);
+        }
+      })();
+      return stopped;
+    },
+  };
+}
