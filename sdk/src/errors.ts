@@ -52,7 +52,7 @@ export function toDsatError(err: unknown): ConnectError {
   }
   if (err instanceof Error) {
     const name = err.constructor?.name ?? "";
-    if (name.startsWith("Etcd") || name === "GRPCConnectFailedError") {
+    if (name.startsWith("Etcd") || name.startsWith("GRPC") || name.endsWith("CircuitError") || name === "ClientClosedError") {
       return etcdError(err);
     }
     if (err.name === "AbortError") {
@@ -66,8 +66,25 @@ export function toDsatError(err: unknown): ConnectError {
   return new ConnectError(String(err), Code.Unknown);
 }
 
+/** etcd3's errors by class: the gRPC code each stands for, where a retry cannot cure it. */
+const ETCD_CODES: Readonly<Record<string, Code>> = {
+  GRPCInvalidArgumentError: Code.InvalidArgument,
+  GRPCNotFoundError: Code.NotFound,
+  GRPCAlreadyExistsError: Code.AlreadyExists,
+  GRPCFailedPreconditionError: Code.FailedPrecondition,
+  GRPCNotImplementedError: Code.Unimplemented,
+  GRPCOutOfRangeError: Code.OutOfRange,
+  GRPCUnauthenticatedError: Code.Unauthenticated,
+  GRPCDeadlineExceededError: Code.DeadlineExceeded,
+  GRPCAbortedError: Code.Aborted,
+  EtcdPermissionDeniedError: Code.PermissionDenied,
+  EtcdAuthenticationFailedError: Code.Unauthenticated,
+};
+
 function etcdError(err: Error): ConnectError {
   const name = err.constructor.name;
+  const known = ETCD_CODES[name];
+  if (known !== undefined) return new ConnectError(`etcd: ${err.message}`, known, undefined, undefined, err);
   if (/Unavailable|ConnectFailed|NoAvailableHost/i.test(name) || /ECONNREFUSED|UNAVAILABLE/.test(err.message)) {
     return new ConnectError(
       `etcd cannot be reached (${err.message}); check --etcd / DSAT_ETCD and that etcd is running`,

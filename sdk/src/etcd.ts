@@ -1,4 +1,5 @@
-import { Etcd3 } from "etcd3";
+import { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen, type IBackoff } from "cockatiel";
+import { Etcd3, isRecoverableError } from "etcd3";
 
 /** Options of {@link connectEtcd}. */
 export interface EtcdOptions {
@@ -26,5 +27,12 @@ export function connectEtcd(options: Partial<EtcdOptions> = {}): Etcd3 {
     hosts,
     // Streams (watches, lease keep-alives) live on: a deadline would cut them every `timeout`.
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: new Date(Date.now() + timeout) }),
+    // etcd3's defaults wait up to 30 s between watch reconnections and keep a failed host
+    // out for 5 s: after an etcd restart the mesh would be blind for that long.
+    faultHandling: {
+      host: () =>
+        circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1_000, breaker: new ConsecutiveBreaker(3) }),
+      watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 2_000 }) as unknown as IBackoff<unknown>,
+    },
   });
 }

@@ -8,6 +8,7 @@ import {
   AssignmentSchema,
   CancelSchema,
   Code,
+  clientTo,
   type ConnectError,
   codeName,
   connectEtcd,
@@ -15,8 +16,10 @@ import {
   DSAT_VERSION,
   defaultEtcdEndpoints,
   dsatError,
+  effectiveEdges,
   entryStages,
   isCompatible,
+  isTaskTerminal,
   Keys,
   type ListWorkersResponseSchema,
   type WorkerViewSchema,
@@ -26,6 +29,7 @@ import {
   MemberSchema,
   MemberWatcher,
   nextStages,
+  PipelineSchema,
   Registration,
   RoundRobin,
   RouterService,
@@ -34,12 +38,14 @@ import {
   type Stage,
   startGrpcServer,
   State,
+  StatusService,
   type SubmitRequest,
   type TaskError,
   TaskErrorSchema,
   type TaskResult,
   TaskResultSchema,
   TaskSchema,
+  type TaskState,
   type Transition,
   TransitionSchema,
   toDsatError,
@@ -74,6 +80,7 @@ export class RouterServer {
   readonly #registration: Registration;
   readonly #workers: MemberWatcher;
   readonly #statusMembers: MemberWatcher;
+  readonly #routers: MemberWatcher;
   readonly #pipelines: PipelineCache;
   readonly #reporter: StatusReporter;
   /** Spans and metrics; undefined when both are off. */
@@ -114,6 +121,7 @@ export class RouterServer {
     this.#keys = new Keys(init.opts.prefix);
     this.#workers = new MemberWatcher(this.#etcd, this.#keys.membersOf("worker"));
     this.#statusMembers = new MemberWatcher(this.#etcd, this.#keys.membersOf("status"));
+    this.#routers = new MemberWatcher(this.#etcd, this.#keys.membersOf("router"));
     this.#pipelines = new PipelineCache(this.#etcd, this.#keys);
     this.#telemetry = RouterTelemetry.create({
       routerId: this.id,
@@ -138,7 +146,10 @@ export class RouterServer {
       this.id,
       () => [...this.#statusMembers.members.values()].sort((a, b) => a.id.localeCompare(b.id)),
       this.#log,
-      telemetry ? { onTransition: (t) => telemetry.reported(t) } : {},
+      {
+        ...(telemetry ? { onTransition: (t: Transition) => telemetry.reported(t) } : {}),
+        onNotOwner: (taskId: string, reason: string) => this.#drop(taskId, reason),
+      },
     );
     const member = create(MemberSchema, {
       id: this.id,
@@ -233,6 +244,13 @@ export class RouterServer {
         );
     });
     await this.#registration.start();
+    // Routers that leave the mesh leave their unfinished tasks to the others; tasks of
+    // routers that were gone before this one started are claimed now.
+    this.#routers.on("down", (m: Member) => {
+      if (m.id !== this.id) void this.#claimFrom(m.id);
+    });
+    await this.#routers.start();
+    void this.#claimFrom("");
     this.#server.health.setAll(ServingStatus.SERVING);
     this.#log.info("router serving", { address: this.address });
   }
@@ -495,8 +513,8 @@ export class RouterServer {
     }
     sr.state = t.to;
     const output = t.output;
-    // Intermediate outputs are not stored: they go on to the next stage.
-    this.#reporter.send(create(TransitionSchema, { ...t, output: new Uint8Array(0) }));
+    // Stored with the output: a router that takes the task over starts the next stages from it.
+    this.#reporter.send(t);
     if (!terminal) return;
     sr.link = undefined;
     switch (t.to) {
@@ -690,6 +708,187 @@ export class RouterServer {
     this.#resultListeners.get(taskId)?.delete(listener);
   }
 
+  // ------------------------------------------------------------------ take-over
+
+  /**
+   * Claims the unfinished tasks of a router that left ("" : of every router not registered)
+   * and drives them on. StatusService fences each move, so that of several routers that
+   * claim at once each task goes to one.
+   */
+  async #claimFrom(routerId: string): Promise<void> {
+    let token = "";
+    let failures = 0;
+    while (!this.#closed && !this.#draining) {
+      const status = [...this.#statusMembers.members.values()].sort((a, b) => a.id.localeCompare(b.id));
+      const target = status[failures % Math.max(1, status.length)];
+      try {
+        if (!target) throw dsatError(Code.Unavailable, "no status server is registered");
+        const res = await clientTo(StatusService, target.address).claimTasks(
+          { fromRouterId: routerId, toRouterId: this.id, pageSize: 200, pageToken: token },
+          { timeoutMs: 30_000 },
+        );
+        for (const state of res.tasks) await this.#resume(state);
+        if (res.tasks.length > 0) {
+          this.#log.info("took over tasks", { from: routerId || "(unregistered routers)", tasks: res.tasks.length });
+        }
+        token = res.nextPageToken;
+        if (!token) return;
+      } catch (err) {
+        if (++failures > 20) {
+          this.#log.error("could not claim the tasks of a router that left", { from: routerId, error: err });
+          return;
+        }
+        await new Promise((r) => setTimeout(r, Math.min(100 * 2 ** failures, 2_000)));
+      }
+    }
+  }
+
+  /** Drives on a task claimed from another router, from where StatusService saw it last. */
+  async #resume(state: TaskState): Promise<void> {
+    const task = state.task;
+    if (!task || this.#tasks.has(task.id) || isTaskTerminal(state.state)) return;
+    const pipeline = await this.#pipelines.version(task.pipeline, task.pipelineVersion);
+    const run: TaskRun = {
+      task,
+      pipeline: pipeline ?? create(PipelineSchema, { name: task.pipeline }),
+      state: state.state,
+      stages: new Map(),
+      active: 0,
+      output: new Uint8Array(0),
+      deadlineTimer: undefined,
+    };
+    this.#tasks.set(task.id, run);
+    this.#telemetry?.resumed(task);
+    if (!pipeline) {
+      this.#finish(run, State.FAILED, undefined, create(TaskErrorSchema, {
+        code: codeName(Code.FailedPrecondition),
+        message: `pipeline "${task.pipeline}" version ${task.pipelineVersion} is gone; the task cannot go on`,
+      }));
+      return;
+    }
+    // What each stage that succeeded put out (its last SUCCEEDED), and how many times each failed.
+    const outputs = new Map<string, { output: Uint8Array; port: string }>();
+    const failures = new Map<string, number>();
+    for (const h of state.history) {
+      if (!h.stage) continue;
+      if (h.to === State.SUCCEEDED) outputs.set(h.stage, { output: h.output, port: h.port });
+      if ((h.to === State.FAILED || h.to === State.TIMED_OUT) && !h.error?.message.includes("was lost")) {
+        failures.set(h.stage, (failures.get(h.stage) ?? 0) + 1);
+      }
+    }
+    const entries = new Set(entryStages(pipeline));
+    const inputOf = (name: string): Uint8Array => {
+      if (entries.has(name)) return task.payload;
+      for (const e of effectiveEdges(pipeline)) {
+        const o = outputs.get(e.from);
+        if (e.to === name && o && o.port === e.port) return o.output;
+      }
+      return new Uint8Array(0);
+    };
+    const resumed: StageRun[] = [];
+    for (const st of state.stages) {
+      const sr: StageRun = {
+        name: st.name,
+        state: st.state,
+        attempt: Math.max(1, st.attempt),
+        lost: 0,
+        failures: failures.get(st.name) ?? 0,
+        input: inputOf(st.name),
+        link: undefined,
+        lastError: st.error,
+        retryTimer: undefined,
+      };
+      run.stages.set(st.name, sr);
+      if (st.state !== State.SUCCEEDED && st.state !== State.CANCELLED) {
+        run.active++;
+        resumed.push(sr);
+      }
+    }
+    if (task.deadline) {
+      const ms = timestampDate(task.deadline).getTime() - Date.now();
+      run.deadlineTimer = setTimeout(() => this.#deadlinePassed(run), Math.max(0, ms));
+    }
+    if ([...run.stages.values()].some((x) => x.state === State.CANCELLED)) {
+      this.#finish(run, State.CANCELLED, undefined, create(TaskErrorSchema, { code: codeName(Code.Canceled), message: "cancelled" }));
+      return;
+    }
+    for (const sr of resumed) {
+      switch (sr.state) {
+        case State.PENDING:
+          this.#enqueue(run, sr);
+          break;
+        case State.RETRYING:
+          // RETRYING was stored with the attempt that failed; the next one is one more.
+          sr.attempt++;
+          this.#enqueue(run, sr);
+          break;
+        case State.FAILED:
+        case State.TIMED_OUT:
+          sr.failures = Math.max(0, sr.failures - 1);
+          this.#attemptFailed(run, sr, sr.lastError ?? create(TaskErrorSchema, { code: "UNKNOWN", message: "failed" }));
+          break;
+        case State.DISPATCHED:
+        case State.RUNNING: {
+          // Its worker ran it for the router that is gone, which cut the stream: run it again.
+          const error = create(TaskErrorSchema, {
+            code: codeName(Code.Unavailable),
+            message: `the router that dispatched it (${state.routerId}) was lost`,
+            retryable: true,
+          });
+          this.#reporter.send(this.#transition(run, sr, sr.state, State.FAILED, { error }));
+          sr.state = State.FAILED;
+          sr.lost++;
+          this.counters.redelivered++;
+          this.#retry(run, sr, 0);
+          break;
+        }
+        default:
+      }
+    }
+    // Stages that succeeded but whose next stages were not started yet.
+    for (const [name, o] of outputs) {
+      const next = nextStages(pipeline, name, o.port);
+      if (next.length === 0) run.output = o.output;
+      for (const n of next) {
+        if (run.stages.has(n)) continue;
+        const nsr = this.#newStage(run, n, o.output);
+        this.#reporter.send(this.#transition(run, nsr, State.UNSPECIFIED, State.PENDING));
+        this.#enqueue(run, nsr);
+      }
+    }
+    if (run.active === 0 && !this.#isTerminal(run)) this.#finish(run, State.SUCCEEDED, run.output, undefined);
+  }
+
+  /** Forgets a task that another router drives now (it was claimed): no report, no result. */
+  #drop(taskId: string, reason: string): void {
+    const run = this.#tasks.get(taskId);
+    if (!run) return;
+    this.#log.warn("a task moved to another router; dropping it here", { task: taskId, reason });
+    this.#tasks.delete(taskId);
+    this.#telemetry?.dropped(taskId, reason);
+    if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
+    for (const sr of run.stages.values()) {
+      if (sr.retryTimer) clearTimeout(sr.retryTimer);
+      const q = this.#queues.get(sr.name);
+      const i = q?.indexOf(sr) ?? -1;
+      if (q && i >= 0) q.splice(i, 1);
+      if (sr.link) {
+        sr.link.cancel(create(CancelSchema, { taskId, stage: sr.name, attempt: sr.attempt, reason: "the task moved to another router" }));
+        sr.link.settle(taskId, sr.name, sr.attempt);
+        sr.link = undefined;
+      }
+    }
+    const listeners = this.#resultListeners.get(taskId);
+    this.#resultListeners.delete(taskId);
+    // The client learns that the result will come from StatusService, not from here.
+    const moved = create(TaskResultSchema, {
+      taskId,
+      state: State.UNSPECIFIED,
+      error: { code: codeName(Code.Aborted), message: reason },
+    });
+    for (const l of listeners ?? []) l(moved);
+  }
+
   /** How this router sees the workers. */
   listWorkers(): MessageInitShape<typeof ListWorkersResponseSchema> {
     const workers: MessageInitShape<typeof WorkerViewSchema>[] = [];
@@ -753,6 +952,7 @@ export class RouterServer {
     await this.#cancelWatcher?.cancel().catch(() => {});
     await this.#workers.close().catch(() => {});
     await this.#statusMembers.close().catch(() => {});
+    await this.#routers.close().catch(() => {});
     await this.#pipelines.close().catch(() => {});
     await this.#server.close(1_000);
     if (this.#ownEtcd) this.#etcd.close();

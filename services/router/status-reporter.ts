@@ -26,6 +26,10 @@ export interface StatusReporterOptions {
   maxBatch: number;
   /** Give up on an item after this long without a status server taking it, in milliseconds. Default 60000. */
   giveUpAfterMs: number;
+  /** Told when StatusService refuses a transition because another router drives the task now. */
+  onNotOwner?: (taskId: string, reason: string) => void;
+  /** Told of every transition queued by send or sendDurable, in order (for telemetry). Default none. */
+  onTransition?: (t: Transition) => void;
 }
 
 const DEFAULT_STATUS_REPORTER_OPTIONS: Readonly<StatusReporterOptions> = Object.freeze({
@@ -88,6 +92,7 @@ export class StatusReporter {
 
   /** Queues a transition and resolves once it is durable (or rejects when given up). */
   sendDurable(t: Transition): Promise<void> {
+    this.#opts.onTransition?.(t);
     return new Promise((resolve, reject) => {
       this.#queue.push({ transition: t, done: { resolve, reject } });
       this.#kick();
@@ -96,6 +101,7 @@ export class StatusReporter {
 
   /** Queues a transition; it is sent in order with everything else. */
   send(t: Transition): void {
+    this.#opts.onTransition?.(t);
     this.#queue.push({ transition: t });
     this.#kick();
   }
@@ -163,6 +169,11 @@ export class StatusReporter {
       { timeoutMs: 10_000 },
     );
     res.transitions.forEach((o, i) => {
+      if (o.notOwner) {
+        const t = transitions[i];
+        if (t) this.#opts.onNotOwner?.(t.taskId, o.reason);
+        return;
+      }
       if (!o.accepted) {
         const t = transitions[i];
         this.#logger.warn("status refused a transition", { task: t?.taskId, stage: t?.stage, reason: o.reason });

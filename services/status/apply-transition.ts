@@ -25,6 +25,8 @@ export interface Outcome {
   readonly accepted: boolean;
   readonly duplicate: boolean;
   readonly reason: string;
+  /** Refused because another router drives the task now. */
+  readonly notOwner?: boolean;
 }
 
 const ACCEPTED: Outcome = Object.freeze({ accepted: true, duplicate: false, reason: "" });
@@ -90,10 +92,24 @@ export function applyCreate(
  * - An accepted transition gets the next seq, the time `now` when it has none, and is
  *   appended to the history; the stage (or the task) moves to its `to`.
  */
-export function applyTransition(state: TaskState | undefined, transition: Transition, now: Timestamp): Outcome {
+export function applyTransition(
+  state: TaskState | undefined,
+  transition: Transition,
+  now: Timestamp,
+  routerId = "",
+): Outcome {
   if (!transition.taskId) return refused("a transition needs a task_id");
   if (!state) return refused(`unknown task ${transition.taskId}`);
   if (isReplay(state, transition)) return REPLAYED;
+  // The fence of a take-over: once a task is claimed, its old router's word no longer counts.
+  if (routerId && state.routerId && routerId !== state.routerId) {
+    return {
+      accepted: false,
+      duplicate: false,
+      notOwner: true,
+      reason: `task ${transition.taskId} is driven by router ${state.routerId}, not ${routerId}`,
+    };
+  }
   const problem = transition.stage === "" ? checkTaskLevel(state, transition) : checkStageLevel(state, transition);
   if (problem) return refused(problem);
 
@@ -105,6 +121,20 @@ export function applyTransition(state: TaskState | undefined, transition: Transi
   state.updatedAt = now;
   if (t.stage === "") moveTask(state, t);
   else moveStage(state, t);
+  return ACCEPTED;
+}
+
+/**
+ * Moves an unfinished task from router `from` to router `to`, in place. Refused when the
+ * task ended, or when another router than `from` drives it now (someone claimed it first).
+ */
+export function applyClaim(state: TaskState | undefined, taskId: string, from: string, to: string, now: Timestamp): Outcome {
+  if (!state) return refused(`unknown task ${taskId}`);
+  if (isTaskTerminal(state.state)) return refused(`task ${taskId} already ended ${stateName(state.state)}`);
+  if (state.routerId === to) return REPLAYED;
+  if (state.routerId !== from) return refused(`task ${taskId} is driven by router ${state.routerId}, not ${from}`);
+  state.routerId = to;
+  state.updatedAt = now;
   return ACCEPTED;
 }
 

@@ -2,6 +2,8 @@ import { clone, equals, fromBinary, fromJsonString, type MessageInitShape, toJso
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import {
   addService,
+  type ClaimTasksRequest,
+  type ClaimTasksResponseSchema,
   Code,
   type ConnectError,
   dsatError,
@@ -70,8 +72,70 @@ export class StatusHandlers {
       getState: async (req) => ({ state: await this.#getState(req.taskId, req.includeHistory) }),
       watch: (req, call) => this.#watch(req, call),
       list: (req) => this.#list(req),
+      claimTasks: (req) => this.#claim(req),
     };
     addService(server, StatusService, handlers);
+  }
+
+  /**
+   * ClaimTasks: looks through the tasks (bounded work per call, like List) for unfinished
+   * ones of the router named (or of any router not registered now), and moves them to the
+   * caller through the task store, fenced per task.
+   */
+  async #claim(req: ClaimTasksRequest): Promise<MessageInitShape<typeof ClaimTasksResponseSchema>> {
+    const to = req.toRouterId;
+    if (!to) throw dsatError(Code.InvalidArgument, "to_router_id is required");
+    if (req.fromRouterId === to) throw dsatError(Code.InvalidArgument, "a router cannot claim its own tasks");
+    const pageSize = req.pageSize === 0 ? DEFAULT_PAGE_SIZE : Math.min(req.pageSize, MAX_PAGE_SIZE);
+    let live: Set<string> | undefined;
+    if (!req.fromRouterId) {
+      const routers = this.#keys.membersOf("router");
+      const keys = await this.#etcd.getAll().prefix(routers).keys();
+      live = new Set(keys.map((k) => k.slice(routers.length)));
+    }
+    const prefix = this.#keys.tasks();
+    const end = prefixEnd(Buffer.from(prefix));
+    let from: Buffer = Buffer.from(prefix);
+    if (req.pageToken) {
+      const after = Buffer.from(req.pageToken, "base64url");
+      if (!after.toString().startsWith(prefix) || after.length <= prefix.length) {
+        throw dsatError(Code.InvalidArgument, "page_token is not one that ClaimTasks returned");
+      }
+      from = keyAfter(after);
+    }
+    const candidates: { taskId: string; from: string }[] = [];
+    let scanned = 0;
+    let next = "";
+    for (;;) {
+      const res = await this.#etcd.kv.range({ key: from, range_end: end, limit: SCAN_CHUNK_KEYS });
+      let stoppedAt: Buffer | undefined;
+      for (const kv of res.kvs) {
+        scanned++;
+        const s = fromBinary(TaskStateSchema, kv.value);
+        const owner = s.routerId;
+        const orphan = req.fromRouterId ? owner === req.fromRouterId : owner !== to && !live?.has(owner);
+        if (orphan && !isTaskTerminal(s.state) && s.task) candidates.push({ taskId: s.task.id, from: owner });
+        if (candidates.length === pageSize) {
+          stoppedAt = kv.key;
+          break;
+        }
+      }
+      const last = res.kvs[res.kvs.length - 1];
+      if (stoppedAt) {
+        next = pageToken(stoppedAt);
+        break;
+      }
+      if (!res.more || !last) break;
+      if (scanned >= MAX_SCAN_KEYS) {
+        next = pageToken(last.key);
+        break;
+      }
+      from = keyAfter(last.key);
+    }
+    const states = candidates.length > 0 ? await this.#store.claim(candidates, to) : [];
+    const tasks = states.filter((x): x is TaskState => x !== undefined);
+    if (tasks.length > 0) this.#log.info("tasks claimed", { to, from: req.fromRouterId || "(unregistered)", tasks: tasks.length });
+    return { tasks, nextPageToken: next };
   }
 
   /** Ends every open Watch with UNAVAILABLE, so that its client resumes on another instance. */

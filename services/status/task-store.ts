@@ -1,4 +1,4 @@
-import { clone, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Timestamp, timestampNow } from "@bufbuild/protobuf/wkt";
 import {
   Code,
@@ -7,6 +7,7 @@ import {
   Keys,
   type Logger,
   type ReportRequest,
+  ReportRequestSchema,
   stateName,
   type Task,
   type TaskState,
@@ -15,13 +16,14 @@ import {
   type Transition,
 } from "@dsat/sdk";
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IRequestOp } from "etcd3";
-import { applyCreate, applyTransition, type Outcome } from "./apply-transition.ts";
+import { type Counter, type Histogram, SIZE_BUCKETS } from "../common/metrics.ts";
+import { applyClaim, applyCreate, applyTransition, type Outcome } from "./apply-transition.ts";
 import type { StatusOptions } from "./options.ts";
 
 /** The options a TaskStore uses. */
 export type TaskStoreOptions = Pick<
   StatusOptions,
-  "prefix" | "cacheSize" | "maxTxnOps" | "maxTxnBytes" | "maxConflictRetries"
+  "prefix" | "cacheSize" | "maxTxnOps" | "maxTxnBytes" | "maxConflictRetries" | "metrics"
 >;
 
 /** The answer to one Report: an outcome per created task and per transition, in request order. */
@@ -63,6 +65,8 @@ export class TaskStore {
   #queue: PendingReport[] = [];
   #loop: Promise<void> | undefined;
   #closed = false;
+  readonly #txns: Counter | undefined;
+  readonly #txnKeys: Histogram | undefined;
 
   constructor(etcd: Etcd3, options: TaskStoreOptions, logger: Logger) {
     this.#etcd = etcd;
@@ -70,6 +74,17 @@ export class TaskStore {
     this.#keys = new Keys(options.prefix);
     this.#log = logger;
     this.#cache = new StateCache(options.cacheSize);
+    this.#txns = options.metrics?.counter(
+      "dsat_status_etcd_txns_total",
+      "etcd transactions that wrote task states, by result (committed, conflict: a compare failed, error).",
+      ["result"],
+    );
+    this.#txnKeys = options.metrics?.histogram(
+      "dsat_status_etcd_txn_keys",
+      "Task states written by one etcd transaction (the batch size).",
+      [],
+      SIZE_BUCKETS,
+    );
   }
 
   /** Applies a report and resolves once what it changed is durable in etcd. */
@@ -82,10 +97,37 @@ export class TaskStore {
         request,
         created: [],
         transitions: [],
+        claims: [],
         remaining: 0,
         error: undefined,
         settled: false,
         resolve,
+        reject,
+      });
+      this.#kick();
+    });
+  }
+
+  /**
+   * Moves tasks to router `to`, each only if router `from` (of that item) still drives it:
+   * the same queue and fenced writes as reports. Resolves with each task's state after it
+   * (undefined where the claim was refused), once the moves are durable.
+   */
+  claim(items: readonly { taskId: string; from: string }[], to: string): Promise<(TaskState | undefined)[]> {
+    if (this.#closed) {
+      return Promise.reject(dsatError(Code.Unavailable, "the status server is shutting down; claim on another one"));
+    }
+    return new Promise<(TaskState | undefined)[]>((resolve, reject) => {
+      const claims = items.map((it) => ({ ...it, to, state: undefined as TaskState | undefined }));
+      this.#queue.push({
+        request: create(ReportRequestSchema, { routerId: to }),
+        created: [],
+        transitions: [],
+        claims,
+        remaining: 0,
+        error: undefined,
+        settled: false,
+        resolve: () => resolve(claims.map((c) => c.state)),
         reject,
       });
       this.#kick();
@@ -169,7 +211,10 @@ export class TaskStore {
       });
       transitions.forEach((transition, index) => {
         if (!transition.taskId) p.transitions[index] = applyTransition(undefined, transition, now);
-        else group(transition.taskId, p).ops.push({ kind: "transition", report: p, index, transition });
+        else group(transition.taskId, p).ops.push({ kind: "transition", report: p, index, transition, routerId });
+      });
+      p.claims.forEach((c, index) => {
+        group(c.taskId, p).ops.push({ kind: "claim", report: p, index, from: c.from, to: c.to });
       });
       if (p.remaining === 0) this.#finish(p);
     }
@@ -248,8 +293,11 @@ export class TaskStore {
         const r = applyCreate(state, op.task, op.routerId, now);
         state = r.state;
         outcome = r.outcome;
+      } else if (op.kind === "claim") {
+        outcome = applyClaim(state, g.taskId, op.from, op.to, now);
+        if (!outcome.accepted) g.guard = true;
       } else {
-        outcome = applyTransition(state, op.transition, now);
+        outcome = applyTransition(state, op.transition, now, op.routerId);
         // A refusal decided on a cached state is only right if that state is still the
         // newest: the compare of the transaction checks it.
         if (!outcome.accepted) g.guard = true;
@@ -298,9 +346,12 @@ export class TaskStore {
     }
     const failure: IRequestOp[] = chunk.map((g) => ({ request_range: { key: Buffer.from(g.key) } }));
     let res: Awaited<ReturnType<Etcd3["kv"]["txn"]>>;
+    this.#txnKeys?.observe([], chunk.length);
     try {
       res = await this.#etcd.kv.txn({ compare, success, failure });
+      this.#txns?.inc([res.succeeded ? "committed" : "conflict"]);
     } catch (err) {
+      this.#txns?.inc(["error"]);
       // The transaction may or may not have been applied: forget what we knew, so that
       // the next report re-reads; a report sent again is then a harmless replay.
       const e = toDsatError(err);
@@ -336,7 +387,10 @@ export class TaskStore {
       const outcome = g.outcomes[i];
       if (!outcome) return;
       if (op.kind === "create") op.report.created[op.index] = outcome;
-      else {
+      else if (op.kind === "claim") {
+        const c = op.report.claims[op.index];
+        if (c && outcome.accepted && g.next) c.state = clone(TaskStateSchema, g.next);
+      } else {
         op.report.transitions[op.index] = outcome;
         if (!outcome.accepted) {
           const t = op.transition;
@@ -379,6 +433,8 @@ interface PendingReport {
   readonly request: ReportRequest;
   readonly created: Outcome[];
   readonly transitions: Outcome[];
+  /** Claims (from ClaimTasks): each gets the task's state once moved. */
+  readonly claims: { taskId: string; from: string; to: string; state: TaskState | undefined }[];
   /** Task groups of the batch that this report waits for. */
   remaining: number;
   error: ConnectError | undefined;
@@ -389,7 +445,8 @@ interface PendingReport {
 
 type Op =
   | { kind: "create"; report: PendingReport; index: number; task: Task; routerId: string }
-  | { kind: "transition"; report: PendingReport; index: number; transition: Transition };
+  | { kind: "transition"; report: PendingReport; index: number; transition: Transition; routerId: string }
+  | { kind: "claim"; report: PendingReport; index: number; from: string; to: string };
 
 interface CachedState {
   readonly state: TaskState;

@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { Etcd3 } from "etcd3";
@@ -168,7 +169,13 @@ class Client implements DsatClient {
     const given = kind === "router" ? this.#opts.routers : this.#opts.status;
     if (given?.length) return given;
     const watch = kind === "router" ? this.#routerWatch : this.#statusWatch;
-    const list = [...(watch?.members.values() ?? [])].map((m) => m.address).sort();
+    let list = [...(watch?.members.values() ?? [])].map((m) => m.address).sort();
+    if (list.length === 0) {
+      // The watch may be catching up (etcd restarted): ask etcd itself before giving up.
+      list = (await listMembers(this.#etcdClient(), this.#keys.membersOf(kind)).catch(() => []))
+        .map((m) => m.address)
+        .sort();
+    }
     if (list.length === 0) {
       const where = typeof this.#opts.etcd === "string" ? this.#opts.etcd : defaultEtcdEndpoints();
       throw dsatError(Code.Unavailable, `no ${kind} is registered in etcd at ${where}; is the mesh up (dsat up)?`);
@@ -187,7 +194,7 @@ class Client implements DsatClient {
         return await fn(address);
       } catch (err) {
         last = toDsatError(err);
-        if (last.code !== Code.Unavailable) throw last;
+        if (!serverGone(last)) throw last;
       }
     }
     throw last ?? dsatError(Code.Unavailable, `no ${kind} answered`);
@@ -199,7 +206,8 @@ class Client implements DsatClient {
     return create(SubmitRequestSchema, {
       pipeline,
       payload: encodePayload(payload),
-      taskId: options.taskId ?? "",
+      // Chosen here, so that submitting again after a router failed cannot run it twice.
+      taskId: options.taskId ?? randomUUID(),
       // The active OpenTelemetry context (if any) becomes the task's parent.
       headers: withTraceContext(options.headers ?? {}),
       deadline: deadlineMs === undefined ? undefined : timestampFromMs(deadlineMs),
@@ -227,35 +235,53 @@ class Client implements DsatClient {
     try {
       ({ ack, result } = await stream.submit(req));
     } catch (err) {
-      throw toDsatError(err);
+      const e = toDsatError(err);
+      if (!serverGone(e)) throw e;
+      // The router went away before it answered: submit again elsewhere with the same task
+      // id (a task it had stored is not run twice), and read the end from StatusService.
+      const taskId = await this.#call("router", (a) =>
+        clientTo(RouterService, a).submit(req, { timeoutMs: this.#timeoutMs }),
+      ).then((res) => res.taskId);
+      return toRunResult(await this.#awaitViaStatus(taskId));
     }
     if (ack.code !== 0) throw new ConnectError(ack.message, ack.code as Code);
     let r: TaskResult;
     try {
       r = await result;
     } catch {
-      // The router went away after it accepted the task: the task goes on (or is taken
-      // over); its end is read from StatusService.
+      // The router went away after it accepted the task: another router takes it over;
+      // its end is read from StatusService.
       r = await this.#awaitViaStatus(ack.taskId);
     }
-    return {
-      taskId: r.taskId,
-      state: r.state,
-      ok: r.state === State.SUCCEEDED,
-      output: new Payload(r.output),
-      error: r.error,
-    };
+    // The task moved to another router (a take-over): its end comes from StatusService.
+    if (r.state === State.UNSPECIFIED) r = await this.#awaitViaStatus(ack.taskId);
+    return toRunResult(r);
   }
 
+
+
+  /**
+   * Waits for a task's end in StatusService: through a watch, again and again while the
+   * status servers are unavailable (etcd restarting) for up to two minutes.
+   */
   async #awaitViaStatus(taskId: string): Promise<TaskResult> {
-    for await (const t of this.watch(taskId)) {
-      if (t.stage === "" && isTaskTerminal(t.to)) {
+    const deadline = Date.now() + 120_000;
+    for (let failures = 0; ; failures++) {
+      try {
+        let ended = false;
+        for await (const t of this.watch(taskId, { waitForTask: true })) {
+          if (t.stage === "" && isTaskTerminal(t.to)) ended = true;
+        }
         const s = await this.getState(taskId);
-        return { $typeName: "dsat.v1.TaskResult", taskId, state: s.state, output: s.output, error: s.error };
+        if (ended || isTaskTerminal(s.state)) {
+          return { $typeName: "dsat.v1.TaskResult", taskId, state: s.state, output: s.output, error: s.error };
+        }
+      } catch (err) {
+        const e = toDsatError(err);
+        if (!serverGone(e) || Date.now() > deadline) throw e;
       }
+      await new Promise((r) => setTimeout(r, Math.min(100 * 2 ** failures, 2_000)));
     }
-    const s = await this.getState(taskId);
-    return { $typeName: "dsat.v1.TaskResult", taskId, state: s.state, output: s.output, error: s.error };
   }
 
   async *watch(taskId: string, options: WatchOptions = {}): AsyncGenerator<Transition> {
@@ -264,10 +290,16 @@ class Client implements DsatClient {
     for (;;) {
       const list = await this.#addresses("status");
       const address = list[this.#next++ % list.length] as string;
+      // The call ends with this generator: also when its user stops early (break, return),
+      // which would otherwise leave the stream open and the process alive.
+      const call = new AbortController();
+      const abort = () => call.abort(options.signal?.reason);
+      if (options.signal?.aborted) abort();
+      else options.signal?.addEventListener("abort", abort, { once: true });
       try {
         const stream = clientTo(StatusService, address).watch(
           { taskId, afterSeq: after, waitForTask: options.waitForTask ?? false },
-          { signal: options.signal },
+          { signal: call.signal },
         );
         for await (const res of stream) {
           const t = res.transition;
@@ -284,6 +316,9 @@ class Client implements DsatClient {
         const gone = e.code === Code.Unavailable || (e.code === Code.Canceled && !options.signal?.aborted);
         if (!gone || ++failures > 5 || options.signal?.aborted) throw e;
         await new Promise((r) => setTimeout(r, 100 * failures));
+      } finally {
+        options.signal?.removeEventListener("abort", abort);
+        call.abort();
       }
     }
   }
@@ -346,6 +381,26 @@ class Client implements DsatClient {
 interface Waiting {
   resolve(v: { ack: SubmitAck; result: Promise<TaskResult> }): void;
   reject(err: unknown): void;
+}
+
+/**
+ * True when a call failed because its server went away: UNAVAILABLE, CANCELED from a stream
+ * the dying server reset, or ABORTED from a reset connection (ECONNRESET). This client
+ * never cancels the calls it retries, and each of them is safe to send again (a submit
+ * carries its task id).
+ */
+function serverGone(e: ConnectError): boolean {
+  return e.code === Code.Unavailable || e.code === Code.Canceled || e.code === Code.Aborted;
+}
+
+function toRunResult(r: TaskResult): RunResult {
+  return {
+    taskId: r.taskId,
+    state: r.state,
+    ok: r.state === State.SUCCEEDED,
+    output: new Payload(r.output),
+    error: r.error,
+  };
 }
 
 /**

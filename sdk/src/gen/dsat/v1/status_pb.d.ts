@@ -65,6 +65,13 @@ export declare type ReportOutcome = Message<"dsat.v1.ReportOutcome"> & {
    * @generated from field: bool duplicate = 3;
    */
   duplicate: boolean;
+
+  /**
+   * True when refused because another router drives the task now (it was claimed).
+   *
+   * @generated from field: bool not_owner = 4;
+   */
+  notOwner: boolean;
 };
 
 /**
@@ -245,6 +252,70 @@ export declare type ListResponse = Message<"dsat.v1.ListResponse"> & {
 export declare const ListResponseSchema: GenMessage<ListResponse>;
 
 /**
+ * @generated from message dsat.v1.ClaimTasksRequest
+ */
+export declare type ClaimTasksRequest = Message<"dsat.v1.ClaimTasksRequest"> & {
+  /**
+   * The router whose tasks are claimed; empty: every router not registered in etcd now.
+   *
+   * @generated from field: string from_router_id = 1;
+   */
+  fromRouterId: string;
+
+  /**
+   * The router that takes them (the caller).
+   *
+   * @generated from field: string to_router_id = 2;
+   */
+  toRouterId: string;
+
+  /**
+   * Tasks claimed per page at most (0: 100; at most 1000).
+   *
+   * @generated from field: uint32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message dsat.v1.ClaimTasksRequest.
+ * Use `create(ClaimTasksRequestSchema)` to create a new message.
+ */
+export declare const ClaimTasksRequestSchema: GenMessage<ClaimTasksRequest>;
+
+/**
+ * @generated from message dsat.v1.ClaimTasksResponse
+ */
+export declare type ClaimTasksResponse = Message<"dsat.v1.ClaimTasksResponse"> & {
+  /**
+   * The tasks now driven by to_router_id, with their history.
+   *
+   * @generated from field: repeated dsat.v1.TaskState tasks = 1;
+   */
+  tasks: TaskState[];
+
+  /**
+   * Empty when every task was looked at.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message dsat.v1.ClaimTasksResponse.
+ * Use `create(ClaimTasksResponseSchema)` to create a new message.
+ */
+export declare const ClaimTasksResponseSchema: GenMessage<ClaimTasksResponse>;
+
+/**
  * StatusService keeps task states in etcd, serialized per task and safe under concurrency.
  *
  * @generated from service dsat.v1.StatusService
@@ -291,6 +362,18 @@ export declare const StatusService: GenService<{
     methodKind: "unary";
     input: typeof ListRequestSchema;
     output: typeof ListResponseSchema;
+  },
+  /**
+   * ClaimTasks hands the unfinished tasks of a router that left the mesh to the caller, a
+   * page at a time. Each move is fenced (a compare on the task's record), so that when
+   * several routers claim at once each task goes to exactly one of them.
+   *
+   * @generated from rpc dsat.v1.StatusService.ClaimTasks
+   */
+  claimTasks: {
+    methodKind: "unary";
+    input: typeof ClaimTasksRequestSchema;
+    output: typeof ClaimTasksResponseSchema;
   },
 }>;
 

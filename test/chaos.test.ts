@@ -1,0 +1,14 @@
+import test from "ava";
+import { formatChaosReport, runChaos } from "./chaos/chaos.ts";
+
+test("chaos (short): workers, a router and a status server killed, etcd restarted: nothing lost, nothing twice", async (t) => {
+  t.timeout(170_000);
+  const report = await runChaos({ tasks: 1500, window: 150, workerKills: 4, log: (l) => t.log(l) });
+  t.log(`\n${formatChaosReport(report)}`);
+  t.is(report.lost, 0, "accepted tasks that never ended");
+  t.is(report.duplicates, 0, "tasks with more than one terminal result");
+  t.is(report.wrongOutputs, 0, "tasks whose output is wrong");
+  t.is(report.accepted, report.submitted, "every submission was accepted in the end");
+  t.is(report.succeeded, report.submitted, "every task succeeded");
+  t.true(report.events.length >= 7, "every chaos event happened");
+});
