@@ -47,7 +47,7 @@ sdk: deps
 
 lint: deps
 	buf lint
-	biome lint --error-on-warnings sdk/src services test scripts
+	biome lint --error-on-warnings sdk/src services test scripts bench
 
 typecheck: deps
 	tsc -p .
@@ -65,6 +65,10 @@ test: deps check-gen check-breaking lint typecheck cycles
 ## chaos: 10,000 tasks while workers, a router and a status server are killed and etcd restarts.
 chaos: deps
 	$(NODE_RUN) test/chaos/chaos.ts --tasks 10000
+
+## bench: dsat beside a raw grpc-js router and Moleculer on loopback; results in bench/results/ (BENCH_FLAGS=--quick or --profile).
+bench: deps
+	$(NODE_RUN) bench/run.ts $(BENCH_FLAGS)
 
 ## demo: a local satellite (etcd started for you), a three-stage pipeline, 1000 tasks, live progress.
 demo: deps

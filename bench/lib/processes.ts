@@ -1,0 +1,98 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+/** The repository root. */
+export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+
+/** Flags every Node child of the bench gets: the project's own way to run .ts. */
+export const NODE_FLAGS = Object.freeze(["--conditions=source", "--disable-warning=ExperimentalWarning"]);
+
+/** A process the bench started and measures. */
+export interface BenchProcess {
+  /** A short name for the tables ("router", "w1", "etcd"…). */
+  readonly name: string;
+  readonly pid: number;
+  /** host:port it serves on, when it serves. */
+  readonly address: string;
+  readonly child: ChildProcess;
+  /** The last 16 KiB it wrote on stderr. */
+  stderr(): string;
+  /** Signals it (SIGINT by default: every bench child closes at once on it), then SIGKILL after graceMs. */
+  stop(signal?: NodeJS.Signals, graceMs?: number): Promise<void>;
+}
+
+/** Options of {@link startService}. */
+export interface StartServiceOptions {
+  /** Node flags before the entry, on top of NODE_FLAGS (e.g. --cpu-prof). */
+  nodeFlags: string[];
+  env: Record<string, string>;
+  /** How long to wait for the `ready` line, in milliseconds. Default 20000. */
+  readyTimeoutMs: number;
+}
+
+/**
+ * Starts a .ts entry as a child process with this Node and waits for its one line
+ * `ready {"address":…,"pid":…}`, which dsat's services and the bench's own servers print.
+ */
+export async function startService(
+  name: string,
+  entry: string,
+  args: string[],
+  options: Partial<StartServiceOptions> = {},
+): Promise<BenchProcess> {
+  const child = spawn(process.execPath, [...NODE_FLAGS, ...(options.nodeFlags ?? []), entry, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, DSAT_EXIT_WITH_PARENT: "1", ...options.env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let err = "";
+  child.stderr?.on("data", (d: Buffer) => {
+    err = (err + d.toString()).slice(-16384);
+  });
+  const timeoutMs = options.readyTimeoutMs ?? 20_000;
+  const ready = await new Promise<{ address: string; pid: number }>((resolve, reject) => {
+    const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${name} (${entry}) was not ready after ${timeoutMs} ms: ${err.trim()}`));
+    }, timeoutMs);
+    rl.on("line", (line) => {
+      if (!line.startsWith("ready ")) return;
+      clearTimeout(timer);
+      resolve(JSON.parse(line.slice(6)) as { address: string; pid: number });
+    });
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} (${entry}) exited with ${signal ?? code} before it was ready: ${err.trim()}`));
+    });
+  });
+  // Keep reading stdout so that a chatty child never blocks on a full pipe.
+  child.stdout?.resume();
+  return wrap(name, child, ready.address, () => err);
+}
+
+/** Wraps a child process that is already running (etcd) as a BenchProcess. */
+export function wrap(name: string, child: ChildProcess, address: string, stderr: () => string = () => ""): BenchProcess {
+  return {
+    name,
+    pid: child.pid as number,
+    address,
+    child,
+    stderr,
+    stop: (signal = "SIGINT", graceMs = 10_000) => stopChild(child, signal, graceMs),
+  };
+}
+
+/** Signals a child and waits for it to exit; SIGKILL after graceMs. */
+export function stopChild(child: ChildProcess, signal: NodeJS.Signals = "SIGINT", graceMs = 10_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const t = setTimeout(() => child.kill("SIGKILL"), graceMs);
+    child.once("exit", () => {
+      clearTimeout(t);
+      resolve();
+    });
+    child.kill(signal);
+  });
+}

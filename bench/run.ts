@@ -1,0 +1,243 @@
+// make bench: dsat beside a raw grpc-js router and Moleculer 0.14, on loopback, each system
+// as separate processes, loaded by a driver process; results in bench/results/.
+//   node --conditions=source bench/run.ts [--quick] [--profile] [--only raw,moleculer,dsat,memory]
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, release, totalmem } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { etcdBinary } from "../services/cli/local-etcd.ts";
+import { type Deployment, dsatEchoPipeline, startDsat, startMoleculer, startRaw } from "./lib/deployments.ts";
+import type { LoadPlan } from "./lib/load.ts";
+import { measure } from "./lib/measure.ts";
+import { runMemoryMode } from "./lib/memory-mode.ts";
+import { machineBusySeconds } from "./lib/proc-stats.ts";
+import { ROOT } from "./lib/processes.ts";
+import { type BenchReport, evaluateTargets, renderMarkdown, renderText, type ScenarioResult } from "./lib/report.ts";
+import { summarizeProfile } from "./profile-summary.ts";
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: "boolean", default: false },
+    profile: { type: "boolean", default: false },
+    only: { type: "string" },
+  },
+  strict: true,
+});
+const quick = values.quick === true;
+const only = new Set((values.only ?? "raw,moleculer,dsat,memory").split(",").map((s) => s.trim()));
+const RESULTS = join(ROOT, "bench/results");
+/** The whole run is bounded: past this, it stops what it started and fails. */
+const RUN_TIMEOUT_MS = 15 * 60_000;
+const PAYLOAD_BYTES = 64;
+/** Tasks each dsat worker runs at once: enough that 1000 in flight never wait for a slot. */
+const DSAT_WORKER_CONCURRENCY = 1000;
+
+const plan = (inFlight: number): LoadPlan =>
+  quick
+    ? { inFlight, warmupTasks: 2_000, warmupMs: 2_000, windows: 1, windowTasks: 5_000, windowMs: 5_000, drainMs: 10_000, payloadBytes: PAYLOAD_BYTES }
+    : { inFlight, warmupTasks: 30_000, warmupMs: 5_000, windows: 3, windowTasks: 20_000, windowMs: 15_000, drainMs: 10_000, payloadBytes: PAYLOAD_BYTES };
+
+const say = (s: string) => process.stdout.write(`${s}\n`);
+let current: Deployment | undefined;
+
+async function stopCurrent(): Promise<void> {
+  const d = current;
+  current = undefined;
+  await d?.stop();
+}
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    say(`\n${signal}: stopping what the bench started`);
+    void stopCurrent().finally(() => process.exit(130));
+  });
+}
+setTimeout(() => {
+  say(`the bench ran over ${RUN_TIMEOUT_MS / 60_000} minutes; stopping`);
+  void stopCurrent().finally(() => process.exit(1));
+}, RUN_TIMEOUT_MS).unref();
+
+/** Node flags that make a process write a CPU profile to bench/results/NAME.cpuprofile when it exits. */
+const cpuProf = (name: string) => ["--cpu-prof", "--cpu-prof-dir", RESULTS, "--cpu-prof-name", `${name}.cpuprofile`];
+
+function start(system: ScenarioResult["system"], profile = false): Promise<Deployment> {
+  switch (system) {
+    case "raw":
+      return startRaw();
+    case "moleculer":
+      return startMoleculer();
+    case "dsat":
+      return startDsat({
+        ...dsatEchoPipeline(DSAT_WORKER_CONCURRENCY),
+        routerNodeFlags: profile ? cpuProf("router") : [],
+        statusNodeFlags: profile ? cpuProf("status") : [],
+        routerArgs: [],
+      });
+  }
+}
+
+/** Seconds spent waiting for other jobs on the machine to calm down, at most, over the whole run. */
+const QUIET_BUDGET_S = 60;
+let quietWaited = 0;
+
+/**
+ * Waits (within QUIET_BUDGET_S over the run) until the machine has been calm for a second:
+ * less than 0.3 cores busy, the bench's own processes being stopped between scenarios.
+ */
+async function waitForQuiet(): Promise<void> {
+  while (quietWaited < QUIET_BUDGET_S) {
+    const before = machineBusySeconds();
+    await new Promise((r) => setTimeout(r, 1_000));
+    const busy = machineBusySeconds() - before;
+    if (busy < 0.3) return;
+    quietWaited++;
+    if (quietWaited === 1 || quietWaited % 10 === 0) say(`  waiting for the machine to calm down (${busy.toFixed(1)} cores busy)…`);
+  }
+}
+
+async function scenario(system: ScenarioResult["system"], inFlight: number): Promise<ScenarioResult> {
+  await waitForQuiet();
+  const t0 = performance.now();
+  current = await start(system);
+  const startupMs = performance.now() - t0;
+  try {
+    const m = await measure(current, plan(inFlight));
+    return { id: `${system}@${inFlight}`, system, inFlight, startupMs, ...m };
+  } finally {
+    await stopCurrent();
+  }
+}
+
+function machine(): BenchReport["machine"] {
+  let etcd = "unknown";
+  try {
+    etcd = /etcd Version: (\S+)/.exec(execFileSync(etcdBinary(), ["--version"], { encoding: "utf8" }))?.[1] ?? etcd;
+  } catch {
+    // Reported as unknown.
+  }
+  const git = (...args: string[]) => {
+    try {
+      return execFileSync("git", args, { cwd: ROOT, encoding: "utf8" }).trim();
+    } catch {
+      return "";
+    }
+  };
+  const changed = git("status", "--porcelain", "--", "sdk", "services", "proto").split("\n").filter(Boolean).length;
+  return {
+    commit: `${git("rev-parse", "--short", "HEAD") || "unknown"}${changed > 0 ? ` + ${changed} uncommitted change(s) in sdk/, services/, proto/` : ""}`,
+    cores: cpus().length,
+    cpu: cpus()[0]?.model.trim() ?? "unknown",
+    memoryGiB: totalmem() / 2 ** 30,
+    node: process.versions.node,
+    etcd,
+    kernel: release(),
+  };
+}
+
+const started = performance.now();
+const report: BenchReport = {
+  date: new Date().toISOString(),
+  mode: quick ? "quick" : "full",
+  seconds: 0,
+  machine: machine(),
+  plans: { "1000 in flight": plan(1000), "100 in flight": plan(100) },
+  scenarios: [],
+  failures: [],
+  targets: [],
+  notes: [
+    "CPU per task sums user+system time (every thread) of every process of the system, the driver that loads it included, and etcd for dsat, over the measured window, divided by the tasks that ended in it.",
+    "raw: grpc-js bidirectional streams of bare bytes (no protobuf), client -> router -> w1 -> router -> w2 -> router -> w3 -> router -> client, one message per task per link.",
+    "Moleculer: JSON serializer, TCP transporter with static peers (no UDP discovery); stage1.run calls stage2.run calls stage3.run (nested calls); the payload is a 64-character string.",
+    `dsat: one status server, one router, one worker per stage (--concurrency ${DSAT_WORKER_CONCURRENCY}), every transition persisted in a local etcd; the driver is the SDK's client.run (one SubmitStream, await_results).`,
+    "etcd per task reads etcd's /metrics: etcd_mvcc_put_total (keys put), etcd_mvcc_txn_total (MVCC transactions of more than one operation), etcd_server_proposals_committed_total, etcd_disk_wal_fsync_duration_seconds_count. etcd 3.4 also exposes etcd_debugging_mvcc_put_total (the same count).",
+    "MB is 10^6 bytes; peak RSS is VmHWM of /proc/<pid>/status at the end of the last window (startup and warm-up included).",
+    "other load, cores: the most cores that something else than the bench's processes kept busy during a window (from /proc/stat, steal included); above a few tenths the numbers of that row are disturbed.",
+  ],
+};
+
+try {
+  const order: [ScenarioResult["system"], number][] = [
+    ["raw", 1000],
+    ["moleculer", 1000],
+    ["dsat", 1000],
+    ["raw", 100],
+    ["moleculer", 100],
+    ["dsat", 100],
+  ];
+  for (const [system, inFlight] of order) {
+    if (!only.has(system)) continue;
+    say(`running ${system} at ${inFlight} in flight…`);
+    let r: ScenarioResult;
+    try {
+      r = await scenario(system, inFlight);
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      report.failures.push({ id: `${system}@${inFlight}`, error: message });
+      say(`  failed: ${message}`);
+      continue;
+    }
+    report.scenarios.push(r);
+    say(
+      `  ${Math.round(r.tasksPerSec)} tasks/s, p50 ${r.p50Ms.toFixed(1)} ms, p99 ${r.p99Ms.toFixed(1)} ms, ` +
+        `${r.cpuMsPerTask.toFixed(3)} CPU ms/task (${r.windows.length} window(s), started in ${Math.round(r.startupMs)} ms` +
+        `${r.otherCores >= 0.3 ? `; other jobs kept up to ${r.otherCores.toFixed(1)} cores busy` : ""})`,
+    );
+    if (r.errors > 0) say(`  ${r.errors} tasks failed; the first: ${r.firstError}`);
+  }
+
+  if (only.has("memory")) {
+    say("running the bounded-memory mode…");
+    try {
+      report.memory = await runMemoryMode({ tasks: 10_000, probe: 1_000, slowMs: 50, slowConcurrency: 1 });
+      say(`  router peak RSS ${Math.round((report.memory.peakRssBy.router ?? 0) / 1e6)} MB`);
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      report.failures.push({ id: "memory", error: message });
+      say(`  failed: ${message}`);
+    }
+  }
+
+  if (values.profile) {
+    say("running dsat at 1000 in flight with the router and the status server under node --cpu-prof…");
+    mkdirSync(RESULTS, { recursive: true });
+    const files = { router: join(RESULTS, "router.cpuprofile"), status: join(RESULTS, "status.cpuprofile") };
+    for (const f of Object.values(files)) rmSync(f, { force: true });
+    current = await start("dsat", true);
+    let measured: Awaited<ReturnType<typeof measure>>;
+    try {
+      measured = await measure(current, { ...plan(1000), windows: 1 });
+    } finally {
+      // SIGINT: the router closes and exits, and Node writes the profile on the way out.
+      await stopCurrent();
+    }
+    report.profile = { measured, files: [] };
+    for (const [name, file] of Object.entries(files) as ["router" | "status", string][]) {
+      if (!existsSync(file)) {
+        say(`  the ${name} wrote no profile`);
+        continue;
+      }
+      const w = measured.windows[0];
+      report.profile[name] = summarizeProfile(file, 25, w ? { fromUs: w.monoStartUs, toUs: w.monoEndUs } : undefined);
+      report.profile.files.push(`bench/results/${name}.cpuprofile`);
+    }
+  }
+} finally {
+  await stopCurrent();
+}
+
+report.seconds = (performance.now() - started) / 1000;
+if (quietWaited > 0) report.notes.push(`The bench waited ${quietWaited} s in all for other jobs on the machine to calm down before its scenarios.`);
+report.targets = evaluateTargets(report);
+mkdirSync(RESULTS, { recursive: true });
+const base = join(RESULTS, quick ? "quick" : "latest");
+for (const [ext, text] of [
+  ["json", `${JSON.stringify(report, null, 2)}\n`],
+  ["md", renderMarkdown(report)],
+] as const) {
+  writeFileSync(`${base}.${ext}.tmp`, text);
+  renameSync(`${base}.${ext}.tmp`, `${base}.${ext}`);
+}
+say(`\n${renderText(report)}`);
+say(`\nwrote ${base}.json and ${base}.md`);
+process.exit(0);
