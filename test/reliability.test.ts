@@ -1,7 +1,10 @@
+import { spawnSync } from "node:child_process";
 import { connect } from "node:http2";
+import { join } from "node:path";
 import test from "ava";
 import { Code, ConnectError, createClient, State, stateName } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import { ROOT } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
 
 let mesh: TestMesh;
@@ -181,4 +184,37 @@ test.serial("large payloads never share a message past the gRPC limit", async (t
   const pad = "x".repeat(3 * 1024 * 1024);
   const results = await Promise.all([1, 2, 3].map((i) => mesh.client.run("holds", { ms: i, pad })));
   for (const r of results) t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+});
+
+test.serial("dead letters: List finds failed tasks with their input, and dsat retry submits one again", async (t) => {
+  const failed = await mesh.client.run("retries", { failures: 9 });
+  t.is(stateName(failed.state), "FAILED");
+  const page = await mesh.client.list({ pipeline: "retries", states: [State.FAILED], pageSize: 1000 });
+  const dead = page.tasks.find((s) => s.task?.id === failed.taskId);
+  t.truthy(dead, "List finds the failed task");
+  t.deepEqual(JSON.parse(new TextDecoder().decode(dead?.task?.payload)), { failures: 9 });
+  t.regex(dead?.error?.message ?? "", /flaky failure on attempt 3/);
+
+  // A cancelled task, retried: the new task runs to its end.
+  const id = await mesh.client.submit("holds", { ms: 1500 });
+  await waitFor(async () => (await mesh.client.getState(id)).stages[0]?.state === State.RUNNING, { what: "the task to run" });
+  await mesh.client.cancel(id, "cancelled to be retried");
+  await waitFor(async () => (await mesh.client.getState(id)).state === State.CANCELLED, { what: "the task to be CANCELLED" });
+  const r = spawnSync(join(ROOT, "services/cli/bin/dsat"), ["retry", id, "--wait", "--etcd", mesh.etcd.endpoint], {
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+  t.is(r.status, 0, r.stderr);
+  t.regex(r.stdout, new RegExp(`SUCCEEDED \\(retry of ${id}\\)`));
+  const again = spawnSync(join(ROOT, "services/cli/bin/dsat"), ["retry", failed.taskId, "--etcd", mesh.etcd.endpoint], {
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+  t.is(again.status, 0, again.stderr);
+  const running = spawnSync(join(ROOT, "services/cli/bin/dsat"), ["retry", r.stdout.split(" ")[0] ?? "", "--etcd", mesh.etcd.endpoint], {
+    encoding: "utf8",
+    timeout: 60_000,
+  });
+  t.is(running.status, 1);
+  t.regex(running.stderr, /is SUCCEEDED: only a task that FAILED, TIMED_OUT or was CANCELLED can be retried/);
 });

@@ -25,6 +25,8 @@ export function connectEtcd(options: Partial<EtcdOptions> = {}): Etcd3 {
   const timeout = options.callTimeoutMs ?? 5_000;
   return new Etcd3({
     hosts,
+    // Task records carry payloads of up to 4 MiB: a range over several must fit in a reply.
+    grpcOptions: { "grpc.max_receive_message_length": 256 * 1024 * 1024 },
     // Streams (watches, lease keep-alives) live on: a deadline would cut them every `timeout`.
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: new Date(Date.now() + timeout) }),
     // etcd3's defaults wait up to 30 s between watch reconnections and keep a failed host

@@ -204,3 +204,32 @@ export async function list(client: DsatClient, opts: { pipeline?: string; state?
   );
   if (res.nextPageToken) out(`… more (page token ${res.nextPageToken})`);
 }
+
+/**
+ * `dsat retry ID`: a dead letter (a task that FAILED, TIMED_OUT or was CANCELLED, its input
+ * kept in StatusService) submitted again as a new task with the same pipeline, input and
+ * headers. The new task's id is printed; the old task stays as it ended.
+ */
+export async function retry(client: DsatClient, taskId: string, wait: boolean): Promise<number> {
+  const s = await client.getState(taskId);
+  if (!s.task) throw dsatError(Code.Internal, `task ${taskId} has no stored input`);
+  if (s.state !== State.FAILED && s.state !== State.TIMED_OUT && s.state !== State.CANCELLED) {
+    throw dsatError(
+      Code.FailedPrecondition,
+      `task ${taskId} is ${stateName(s.state)}: only a task that FAILED, TIMED_OUT or was CANCELLED can be retried`,
+    );
+  }
+  const headers: Record<string, string> = { ...s.task.headers, "dsat-retry-of": taskId };
+  delete headers.traceparent;
+  delete headers.tracestate;
+  const payload = s.task.payload;
+  if (wait) {
+    const r = await client.run(s.task.pipeline, payload, { headers });
+    out(`${r.taskId} ${stateName(r.state)} (retry of ${taskId})`);
+    if (r.ok) out(r.output.text());
+    else out(`${r.error?.code}: ${r.error?.message}`);
+    return r.ok ? 0 : 1;
+  }
+  out(await client.submit(s.task.pipeline, payload, { headers }));
+  return 0;
+}

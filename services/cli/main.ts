@@ -20,6 +20,8 @@ usage:
   dsat state ID                     a task's state, stage by stage
   dsat trace ID                     a task's timeline: stages, attempts, workers, durations, as bars
   dsat cancel ID [--reason TEXT]    cancel a task wherever it runs
+  dsat retry ID [--wait]            submit a failed, timed-out or cancelled task again (same
+                                    pipeline, input and headers); prints the new task's id
   dsat list [--pipeline P] [--state S[,S]] [--limit N]
   dsat members                      who is up: kind, stage, version, load
 
@@ -92,6 +94,9 @@ async function main(): Promise<number> {
         if (!args[0]) usage("trace needs a task id");
         await cmd.trace(client, args[0] as string);
         return 0;
+      case "retry":
+        if (!args[0]) usage("retry needs a task id");
+        return await cmd.retry(client, args[0] as string, values.wait ?? false);
       case "cancel":
         if (!args[0]) usage("cancel needs a task id");
         await client.cancel(args[0] as string, values.reason ?? "cancelled from the dsat command");

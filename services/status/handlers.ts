@@ -38,7 +38,7 @@ const MAX_PAGE_SIZE = 1000;
 /** List: keys read per call, at most, so that a rare filter cannot make one call scan everything. */
 const MAX_SCAN_KEYS = 5000;
 /** List: keys read per etcd range. */
-const SCAN_CHUNK_KEYS = 500;
+const SCAN_CHUNK_KEYS = 64;
 /** ApplyPipeline: attempts when another writer applies the same pipeline at the same time. */
 const APPLY_ATTEMPTS = 10;
 /** Watch: times in a row the etcd watch may be lost (compaction) and restarted. */
