@@ -10,6 +10,7 @@ import {
   createWorker,
   type DsatClient,
   Keys,
+  parseMember,
   RouterService,
   State,
   stateName,
@@ -95,6 +96,9 @@ async function recordStop(address: string, memberKey: string, service = ""): Pro
   const abort = new AbortController();
   const watcher = await kv.watch().key(memberKey).create();
   watcher.on("delete", () => events.push("etcd: member key deleted"));
+  watcher.on("put", (kv) => {
+    if (parseMember(kv.value)?.draining) events.push("etcd: member marked draining");
+  });
   let first = false;
   void (async () => {
     try {
@@ -194,7 +198,7 @@ test.serial("a worker that drains with nothing running goes NOT_SERVING before i
   t.true(at(rec.events, "health: NOT_SERVING") < at(rec.events, "etcd"), rec.events.join(" → "));
 });
 
-test.serial("a router that drains with a task held goes NOT_SERVING before its member key leaves etcd", async (t) => {
+test.serial("a router that drains with a task held goes NOT_SERVING, is marked draining, and leaves etcd once done", async (t) => {
   const { worker, release } = await holdingWorker("router-drain");
   const result = client.run("router-drain", {});
   await waitFor(() => worker.inFlight === 1 && router.taskCount === 1, { what: "the task to run" });
@@ -203,15 +207,18 @@ test.serial("a router that drains with a task held goes NOT_SERVING before its m
   t.teardown(rec.stop);
   let drainedAt = 0;
   const drained = router.drain().then(() => (drainedAt = Date.now()));
-  await waitFor(() => at(rec.events, "etcd") >= 0 && at(rec.events, "health: NOT_SERVING") >= 0, {
-    what: "both NOT_SERVING and the member key's deletion",
+  // A draining router stays in etcd, marked draining (clients stop choosing it, and other
+  // routers do not take over what it finishes), until what it holds has ended.
+  await waitFor(() => at(rec.events, "etcd: member marked draining") >= 0 && at(rec.events, "health: NOT_SERVING") >= 0, {
+    what: "both NOT_SERVING and the draining mark",
   });
   t.log(rec.events.join(" → "));
   t.is(rec.events[0], "health: SERVING");
   t.true(
-    at(rec.events, "health: NOT_SERVING") < at(rec.events, "etcd"),
-    `NOT_SERVING must come before the member key leaves: ${rec.events.join(" → ")}`,
+    at(rec.events, "health: NOT_SERVING") < at(rec.events, "etcd: member marked draining"),
+    `NOT_SERVING must come before the member is marked draining: ${rec.events.join(" → ")}`,
   );
+  t.is(at(rec.events, "etcd: member key deleted"), -1, "it does not leave while it holds a task");
 
   // Still draining: it says NOT_SERVING and refuses new tasks with UNAVAILABLE.
   t.is(drainedAt, 0);
@@ -224,6 +231,7 @@ test.serial("a router that drains with a task held goes NOT_SERVING before its m
   await drained;
   t.true(drainedAt >= releasedAt);
   t.log(`drain ended ${drainedAt - releasedAt} ms after the task was released`);
+  await waitFor(() => at(rec.events, "etcd: member key deleted") >= 0, { what: "the router's key to leave etcd" });
   const r = await result;
   t.is(r.state, State.SUCCEEDED, r.error?.message);
   t.is((await client.getState(r.taskId)).state, State.SUCCEEDED);

@@ -523,6 +523,13 @@ export class RouterServer {
         break;
       case State.FAILED:
       case State.TIMED_OUT:
+        if (t.to === State.FAILED && t.error?.code === codeName(Code.Unavailable)) {
+          // The worker could not take it (draining): another worker runs it, and this does
+          // not count against the stage's retry policy. The worker takes nothing more.
+          link.leaving = true;
+          this.#redeliver(run, sr, t.error);
+          break;
+        }
         this.#attemptFailed(run, sr, t.error ?? create(TaskErrorSchema, { code: "UNKNOWN", message: "failed" }));
         break;
       case State.CANCELLED:
@@ -589,6 +596,11 @@ export class RouterServer {
     });
     this.#reporter.send(this.#transition(run, sr, sr.state, State.FAILED, { error }));
     sr.state = State.FAILED;
+    this.#redeliver(run, sr, error);
+  }
+
+  /** Runs a failed attempt again elsewhere at once, bounded by maxLostWorkerRedeliveries. */
+  #redeliver(run: TaskRun, sr: StageRun, error: TaskError): void {
     sr.lastError = error;
     if (sr.lost < this.#opts.maxLostWorkerRedeliveries) {
       sr.lost++;
@@ -856,7 +868,16 @@ export class RouterServer {
         this.#enqueue(run, nsr);
       }
     }
-    if (run.active === 0 && !this.#isTerminal(run)) this.#finish(run, State.SUCCEEDED, run.output, undefined);
+    if (run.active === 0 && !this.#isTerminal(run)) {
+      this.#finish(run, State.SUCCEEDED, run.output, undefined);
+      return;
+    }
+    // A cancel that reached etcd before the old router acted on it is honoured here.
+    const cancelled = await this.#etcd.get(this.#keys.cancel(task.id)).string().catch(() => null);
+    if (cancelled !== null && this.#tasks.get(task.id) === run) {
+      this.#cancelTask(run, cancelled || "cancelled");
+      void this.#etcd.delete().key(this.#keys.cancel(task.id)).exec().catch(() => {});
+    }
   }
 
   /** Forgets a task that another router drives now (it was claimed): no report, no result. */
@@ -927,7 +948,11 @@ export class RouterServer {
   async drain(): Promise<void> {
     this.#draining = true;
     this.#server.health.setAll(ServingStatus.NOT_SERVING);
-    await this.#registration.close();
+    // Marked draining, not gone: clients stop choosing it, and the other routers do not take
+    // over the tasks it is finishing. It leaves (and anything left is taken over) at the end.
+    await this.#registration
+      .update(create(MemberSchema, { ...this.#registration.member, draining: true }))
+      .catch(() => {});
     const deadline = Date.now() + this.#opts.drainTimeoutMs;
     while (this.#tasks.size > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 50));

@@ -169,10 +169,14 @@ class Client implements DsatClient {
     const given = kind === "router" ? this.#opts.routers : this.#opts.status;
     if (given?.length) return given;
     const watch = kind === "router" ? this.#routerWatch : this.#statusWatch;
-    let list = [...(watch?.members.values() ?? [])].map((m) => m.address).sort();
+    let list = [...(watch?.members.values() ?? [])]
+      .filter((m) => !m.draining)
+      .map((m) => m.address)
+      .sort();
     if (list.length === 0) {
       // The watch may be catching up (etcd restarted): ask etcd itself before giving up.
       list = (await listMembers(this.#etcdClient(), this.#keys.membersOf(kind)).catch(() => []))
+        .filter((m) => !m.draining)
         .map((m) => m.address)
         .sort();
     }
@@ -221,7 +225,7 @@ class Client implements DsatClient {
     return res.taskId;
   }
 
-  async run(pipeline: string, payload?: unknown, options?: SubmitOptions): Promise<RunResult> {
+  async run(pipeline: string, payload?: unknown, options?: SubmitOptions & { attempt?: number }): Promise<RunResult> {
     const req = this.#request(pipeline, payload, options);
     const list = await this.#addresses("router");
     const address = list[this.#next++ % list.length] as string;
@@ -243,6 +247,11 @@ class Client implements DsatClient {
         clientTo(RouterService, a).submit(req, { timeoutMs: this.#timeoutMs }),
       ).then((res) => res.taskId);
       return toRunResult(await this.#awaitViaStatus(taskId));
+    }
+    if (ack.code === Code.Unavailable && (options?.attempt ?? 0) < 5) {
+      // That router is draining or cannot store tasks: start over on another one.
+      stream.close();
+      return this.run(pipeline, payload, { ...options, taskId: req.taskId, attempt: (options?.attempt ?? 0) + 1 });
     }
     if (ack.code !== 0) throw new ConnectError(ack.message, ack.code as Code);
     let r: TaskResult;

@@ -201,6 +201,35 @@ export async function createWorker(
       ...extra,
     });
 
+  /** Assignments beyond the worker's concurrency (several routers share it), in order. */
+  const waiting: { a: Assignment; link: RouterLink }[] = [];
+  const refuse = (a: Assignment, link: RouterLink, code: Code, message: string) =>
+    link.send(
+      transition(a, State.DISPATCHED, State.FAILED, {
+        error: create(TaskErrorSchema, { code: codeName(code), message, retryable: true }),
+      }),
+    );
+  /** Takes an assignment: runs it now, or once a slot is free. */
+  const admit = (a: Assignment, link: RouterLink) => {
+    const task = a.task;
+    if (!task) return;
+    const key = keyOf(task.id, a.stage, a.attempt);
+    if (running.has(key) || waiting.some((w) => w.a === a || keyOf(w.a.task?.id ?? "", w.a.stage, w.a.attempt) === key)) return;
+    // Draining: the router dispatches it elsewhere at once (UNAVAILABLE is not held against
+    // the stage's retry policy).
+    if (draining) return refuse(a, link, Code.Unavailable, `worker ${id} is draining`);
+    if (running.size >= opts.concurrency) waiting.push({ a, link });
+    else run(a, link);
+  };
+  const startWaiting = () => {
+    while (running.size < opts.concurrency && waiting.length > 0) {
+      const w = waiting.shift() as { a: Assignment; link: RouterLink };
+      if (w.link.closed) continue;
+      if (draining) refuse(w.a, w.link, Code.Unavailable, `worker ${id} is draining`);
+      else run(w.a, w.link);
+    }
+  };
+
   const run = (a: Assignment, link: RouterLink) => {
     const task = a.task;
     if (!task) return;
@@ -243,6 +272,7 @@ export async function createWorker(
       const end = transition(a, State.RUNNING, to, { error, output, port: port ?? "" });
       span?.end(end);
       link.send(end);
+      startWaiting();
       if (draining && running.size === 0) drained?.();
     };
     running.set(key, { controller, link, finish: (to, error) => finish(to, error) });
@@ -291,7 +321,17 @@ export async function createWorker(
   };
 
   const cancel = (c: Cancel) => {
-    const r = running.get(keyOf(c.taskId, c.stage, c.attempt));
+    const key = keyOf(c.taskId, c.stage, c.attempt);
+    const i = waiting.findIndex((w) => keyOf(w.a.task?.id ?? "", w.a.stage, w.a.attempt) === key);
+    if (i >= 0) {
+      const [w] = waiting.splice(i, 1);
+      if (w) {
+        const error = create(TaskErrorSchema, { code: codeName(Code.Canceled), message: c.reason || "cancelled" });
+        w.link.send(transition(w.a, State.DISPATCHED, State.CANCELLED, { error }));
+      }
+      return;
+    }
+    const r = running.get(key);
     if (!r) return;
     const message = c.reason || "cancelled";
     r.finish(State.CANCELLED, create(TaskErrorSchema, { code: codeName(Code.Canceled), message }));
@@ -308,6 +348,8 @@ export async function createWorker(
       running.delete(key);
       r.controller.abort(dsatError(Code.Unavailable, why));
     }
+    for (let i = waiting.length - 1; i >= 0; i--) if (waiting[i]?.link === link) waiting.splice(i, 1);
+    startWaiting();
     if (draining && running.size === 0) drained?.();
   };
 
@@ -329,10 +371,7 @@ export async function createWorker(
       links.add(link);
       call.write({ hello: member, load: load() });
       call.on("data", (req: ProcessRequest) => {
-        for (const a of req.assignments) {
-          if (draining) continue;
-          run(a, link);
-        }
+        for (const a of req.assignments) admit(a, link);
         for (const c of req.cancels) cancel(c);
       });
       let ended = false;

@@ -81,6 +81,14 @@ export declare type Member = Message<"dsat.v1.Member"> & {
    * @generated from field: string runtime = 10;
    */
   runtime: string;
+
+  /**
+   * Set while the member drains: it takes no new work and leaves once what it holds ends.
+   * (Routers drain this way; a router whose record goes away without it is taken over.)
+   *
+   * @generated from field: bool draining = 11;
+   */
+  draining: boolean;
 };
 
 /**
