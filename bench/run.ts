@@ -3,6 +3,7 @@
 //   node --conditions=source bench/run.ts [--quick] [--profile] [--only raw,moleculer,dsat,memory]
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { createServer as createHttpServer } from "node:http";
 import { cpus, release, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -25,7 +26,7 @@ const { values } = parseArgs({
   strict: true,
 });
 const quick = values.quick === true;
-const only = new Set((values.only ?? "raw,moleculer,dsat,memory").split(",").map((s) => s.trim()));
+const only = new Set((values.only ?? "raw,moleculer,dsat,dsat-traced,memory").split(",").map((s) => s.trim()));
 const RESULTS = join(ROOT, "bench/results");
 /** The whole run is bounded: past this, it stops what it started and fails. */
 const RUN_TIMEOUT_MS = 15 * 60_000;
@@ -74,7 +75,45 @@ function start(system: ScenarioResult["system"], profile = false): Promise<Deplo
         statusNodeFlags: profile ? cpuProf("status") : [],
         routerArgs: [],
       });
+    case "dsat-traced":
+      return startOtlpSink().then((endpoint) =>
+        startDsat({
+          ...dsatEchoPipeline(DSAT_WORKER_CONCURRENCY),
+          routerNodeFlags: [],
+          routerArgs: [],
+          system: "dsat-traced",
+          env: {
+            OTEL_TRACES_EXPORTER: "otlp",
+            OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: endpoint,
+            OTEL_TRACES_SAMPLER: "always_on",
+            OTEL_BSP_MAX_QUEUE_SIZE: "65536",
+            OTEL_BSP_MAX_EXPORT_BATCH_SIZE: "2048",
+          },
+        }),
+      );
   }
+}
+
+let sink: Promise<string> | undefined;
+
+/** An OTLP/HTTP endpoint in this process that takes every span export and discards it. */
+function startOtlpSink(): Promise<string> {
+  sink ??= new Promise<string>((resolve) => {
+    const server = createHttpServer((req, res) => {
+      req.resume();
+      req.on("end", () => {
+        res.writeHead(200, { "content-type": "application/x-protobuf" });
+        res.end();
+      });
+    });
+    server.unref();
+    server.listen(0, "127.0.0.1", () => {
+      const a = server.address();
+      resolve(`http://127.0.0.1:${typeof a === "object" && a ? a.port : 0}/v1/traces`);
+    });
+  });
+  return sink;
 }
 
 /** Seconds spent waiting for other jobs on the machine to calm down, at most, over the whole run. */
@@ -161,6 +200,7 @@ try {
     ["raw", 1000],
     ["moleculer", 1000],
     ["dsat", 1000],
+    ["dsat-traced", 1000],
     ["raw", 100],
     ["moleculer", 100],
     ["dsat", 100],

@@ -64,3 +64,34 @@ test.serial("a full router answers RESOURCE_EXHAUSTED, and what it accepted stil
     await small.kill9();
   }
 });
+
+test.serial("back-pressure: SubmitStream waits while the router is full instead of refusing, and nothing is lost", async (t) => {
+  const small = await startService("services/router/main.ts", [
+    "--etcd", mesh.etcd.endpoint, "--lease-ttl", "2", "--max-tasks", "20",
+  ]);
+  const client = createClient({ etcd: mesh.etcd.endpoint, routers: [small.address] });
+  try {
+    await waitFor(async () => (await client.listWorkers())[0]?.workers.some((w) => w.stage === "hold" && w.connected), {
+      what: "the small router to connect to the hold worker",
+    });
+    let peakQueued = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const [view] = await client.listWorkers();
+        peakQueued = Math.max(peakQueued, view?.queued.hold ?? 0);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    // 200 tasks at once through one SubmitStream, ten times the router's limit.
+    const results = await Promise.all(Array.from({ length: 200 }, () => client.run("holds", { ms: 5 })));
+    sampling = false;
+    await sampler;
+    for (const r of results) t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+    t.true(peakQueued <= 20, `the router never queued more than its limit (peak ${peakQueued})`);
+    t.log(`peak queue at the router: ${peakQueued} tasks (limit 20)`);
+  } finally {
+    await client.close();
+    await small.kill9();
+  }
+});

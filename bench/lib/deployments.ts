@@ -8,7 +8,7 @@ import { type BenchProcess, startService, wrap } from "./processes.ts";
 
 /** A system started for one scenario: its processes, and the driver that loads it. */
 export interface Deployment {
-  readonly system: "raw" | "moleculer" | "dsat";
+  readonly system: "raw" | "moleculer" | "dsat" | "dsat-traced";
   /** Every process of the system (not the driver), in start order. */
   readonly processes: BenchProcess[];
   /** The driver's entry and arguments (the bench adds --plan). */
@@ -98,6 +98,10 @@ export interface DsatDeploymentOptions {
   statusNodeFlags?: string[];
   /** Extra router flags (--max-tasks…). */
   routerArgs: string[];
+  /** Environment of every dsat process (OTEL_* for the traced run). Default none. */
+  env?: Record<string, string>;
+  /** How the report names it. Default "dsat". */
+  system?: "dsat" | "dsat-traced";
 }
 
 /**
@@ -120,8 +124,11 @@ export async function startDsat(options: DsatDeploymentOptions): Promise<Deploym
       processes.push(wrap("etcd", etcd.process as NonNullable<typeof etcd.process>, etcd.endpoint));
       const common = ["--etcd", etcd.endpoint, "--lease-ttl", "5"];
       const [status, router] = await Promise.all([
-        startService("status", "services/status/main.ts", common, { nodeFlags: options.statusNodeFlags ?? [] }),
-        startService("router", "services/router/main.ts", [...common, ...options.routerArgs], { nodeFlags: options.routerNodeFlags }),
+        startService("status", "services/status/main.ts", common, { nodeFlags: options.statusNodeFlags ?? [], env: options.env ?? {} }),
+        startService("router", "services/router/main.ts", [...common, ...options.routerArgs], {
+          nodeFlags: options.routerNodeFlags,
+          env: options.env ?? {},
+        }),
       ]);
       processes.push(status, router);
       const client = createClient({ routers: [router.address], status: [status.address] });
@@ -133,7 +140,7 @@ export async function startDsat(options: DsatDeploymentOptions): Promise<Deploym
               `w${i + 1}`,
               "services/worker-host/main.ts",
               [...common, "--stage", w.stage, "--module", "bench/dsat/stages.ts", "--export", w.export, "--concurrency", String(w.concurrency)],
-              { env: w.env ?? {} },
+              { env: { ...options.env, ...w.env } },
             ),
           ),
         );
@@ -150,7 +157,7 @@ export async function startDsat(options: DsatDeploymentOptions): Promise<Deploym
         await client.close();
       }
       return {
-        system: "dsat",
+        system: options.system ?? "dsat",
         processes,
         driver: {
           entry: "bench/dsat/dsat-driver.ts",

@@ -41,6 +41,8 @@ export type { MemberKindName } from "./keys.ts";
 export { connectEtcd, defaultEtcdEndpoints } from "./etcd.ts";
 export type { EtcdOptions } from "./etcd.ts";
 export { Registration, registerMember, MemberWatcher, listMembers, parseMember, memberKindName } from "./membership.ts";
+export { PrefixWatch } from "./prefix-watch.ts";
+export type { PrefixWatchHandlers } from "./prefix-watch.ts";
 export type { RegistrationOptions } from "./membership.ts";
 
 // ---------------------------------------------------------------------------- servers and transports (for services)

@@ -1,8 +1,9 @@
 import { EventEmitter } from "node:events";
 import { fromJsonString, toJsonString } from "@bufbuild/protobuf";
-import type { Etcd3, Lease, Watcher } from "etcd3";
+import type { Etcd3, Lease } from "etcd3";
 import { type Member, MemberKind, MemberSchema } from "./gen/dsat/v1/member_pb.js";
 import { Keys, type MemberKindName } from "./keys.ts";
+import { PrefixWatch } from "./prefix-watch.ts";
 
 /** Options of {@link registerMember}. */
 export interface RegistrationOptions {
@@ -133,58 +134,35 @@ export function parseMember(value: Buffer | string): Member | undefined {
 
 /**
  * MemberWatcher keeps a live map of the members under a prefix: a read of what is there,
- * then an etcd watch from the next revision (never polling).
+ * then an etcd watch from the next revision (never polling), mended after reconnections
+ * and compactions (see PrefixWatch).
  * Events: "up" (member, previous?), "down" (member).
  */
 export class MemberWatcher extends EventEmitter {
   readonly members = new Map<string, Member>();
-  #watcher: Watcher | undefined;
-  readonly #etcd: Etcd3;
-  readonly #prefix: string;
+  readonly #watch: PrefixWatch;
 
   constructor(etcd: Etcd3, prefix: string) {
     super();
-    this.#etcd = etcd;
-    this.#prefix = prefix;
+    this.#watch = new PrefixWatch(etcd, prefix, {
+      onSnapshot: (kvs) => {
+        const seen = new Set<string>();
+        for (const kv of kvs) {
+          const key = kv.key.toString();
+          seen.add(key);
+          const prev = this.members.get(key);
+          const next = parseMember(kv.value);
+          if (next && (!prev || !equalMembers(prev, next))) this.#put(key, kv.value);
+        }
+        for (const key of [...this.members.keys()]) if (!seen.has(key)) this.#delete(key);
+      },
+      onPut: (kv) => this.#put(kv.key.toString(), kv.value),
+      onDelete: (kv) => this.#delete(kv.key.toString()),
+    });
   }
 
   async start(): Promise<void> {
-    const res = await this.#etcd.getAll().prefix(this.#prefix).exec();
-    for (const kv of res.kvs) this.#put(kv.key.toString(), kv.value);
-    const rev = BigInt(res.header.revision) + 1n;
-    this.#watcher = await this.#etcd.watch().prefix(this.#prefix).startRevision(rev.toString()).create();
-    this.#watcher.on("put", (kv) => this.#put(kv.key.toString(), kv.value));
-    this.#watcher.on("delete", (kv) => this.#delete(kv.key.toString()));
-    this.#watcher.on("error", (err) => this.emit("error", err));
-    // After a reconnection (etcd restarted, a network cut) read everything again, so that
-    // what changed while the watch was away is not missed.
-    this.#watcher.on("disconnected", () => {
-      this.#stale = true;
-    });
-    this.#watcher.on("connected", () => {
-      if (this.#stale) void this.#resync();
-    });
-  }
-
-  #stale = false;
-
-  async #resync(): Promise<void> {
-    this.#stale = false;
-    try {
-      const res = await this.#etcd.getAll().prefix(this.#prefix).exec();
-      const seen = new Set<string>();
-      for (const kv of res.kvs) {
-        const key = kv.key.toString();
-        seen.add(key);
-        const prev = this.members.get(key);
-        const next = parseMember(kv.value);
-        if (next && (!prev || !equalMembers(prev, next))) this.#put(key, kv.value);
-      }
-      for (const key of [...this.members.keys()]) if (!seen.has(key)) this.#delete(key);
-    } catch (err) {
-      this.#stale = true;
-      this.emit("error", err);
-    }
+    await this.#watch.start();
   }
 
   #put(key: string, value: Buffer): void {
@@ -203,7 +181,7 @@ export class MemberWatcher extends EventEmitter {
   }
 
   async close(): Promise<void> {
-    await this.#watcher?.cancel();
+    await this.#watch.close();
   }
 }
 

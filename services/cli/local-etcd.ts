@@ -78,6 +78,10 @@ export class LocalEtcd {
         "--initial-cluster", `dsat=${peer}`,
         "--max-request-bytes", String(16 * 1024 * 1024),
         "--max-txn-ops", "1024",
+        // Keep the last 100,000 revisions: task records are rewritten as tasks move, and
+        // without compaction etcd's history grows until it hits its quota.
+        "--auto-compaction-mode", "revision",
+        "--auto-compaction-retention", "100000",
         "--log-level", "error",
         "--logger", "zap",
       ],

@@ -50,42 +50,38 @@ export function submitStreamHandler(router: RouterServer, call: Call): Promise<v
         setImmediate(flushResults);
       }
     };
-    const throttle = () => {
-      const max = router.options.maxTasks;
-      if (router.taskCount < max) return;
-      call.pause();
-      const check = setInterval(() => {
-        if (router.taskCount < max * 0.9 || finished) {
-          clearInterval(check);
-          call.resume();
-        }
-      }, 5);
-    };
-
+    // Each request's tasks are admitted in order, each once the router has room: while it
+    // is full the stream is not read, so HTTP/2 flow control holds the client back.
     call.on("data", (req: SubmitStreamRequest) => {
-      const submitted = Promise.all(
-        req.tasks.map((t) =>
-          router.submit(t).then(
-            ({ taskId }) => {
-              if (req.awaitResults) {
-                listeners.set(taskId, onResult);
-                if (router.onResult(taskId, onResult)) awaiting++;
-                else listeners.delete(taskId);
-              }
-              return { taskId, code: 0, message: "" };
-            },
-            (err: unknown) => {
-              const e = toDsatError(err);
-              return { taskId: t.taskId, code: e.code === Code.Unknown ? Code.Internal : e.code, message: e.rawMessage };
-            },
-          ),
-        ),
-      );
+      call.pause();
+      const admitted = (async () => {
+        const submits: Promise<{ taskId: string; code: number; message: string }>[] = [];
+        for (const t of req.tasks) {
+          await router.acquireRoom();
+          submits.push(
+            router.submit(t, true).then(
+              ({ taskId }) => {
+                if (req.awaitResults) {
+                  listeners.set(taskId, onResult);
+                  if (router.onResult(taskId, onResult)) awaiting++;
+                  else listeners.delete(taskId);
+                }
+                return { taskId, code: 0, message: "" };
+              },
+              (err: unknown) => {
+                const e = toDsatError(err);
+                return { taskId: t.taskId, code: e.code === Code.Unknown ? Code.Internal : e.code, message: e.rawMessage };
+              },
+            ),
+          );
+        }
+        if (!finished) call.resume();
+        return Promise.all(submits);
+      })();
       chain = chain.then(async () => {
-        const acks = await submitted;
+        const acks = await admitted;
         if (!finished) call.write({ acks });
       });
-      throttle();
     });
     call.on("end", () => {
       clientDone = true;

@@ -1,6 +1,6 @@
 import { fromJsonString } from "@bufbuild/protobuf";
-import type { Etcd3, Watcher } from "etcd3";
-import { type Keys, type Pipeline, PipelineSchema } from "@dsat/sdk";
+import type { Etcd3 } from "etcd3";
+import { type Keys, type Pipeline, PipelineSchema, PrefixWatch } from "@dsat/sdk";
 
 /**
  * PipelineCache holds the pipelines a router needs: the current version of each (kept up
@@ -11,7 +11,7 @@ export class PipelineCache {
   readonly #keys: Keys;
   readonly #current = new Map<string, Pipeline>();
   readonly #versions = new Map<string, Pipeline>();
-  #watcher: Watcher | undefined;
+  #watch: PrefixWatch | undefined;
 
   constructor(etcd: Etcd3, keys: Keys) {
     this.#etcd = etcd;
@@ -20,36 +20,14 @@ export class PipelineCache {
 
   async start(): Promise<void> {
     const prefix = this.#keys.pipelinesCurrent();
-    const res = await this.#etcd.getAll().prefix(prefix).exec();
-    for (const kv of res.kvs) this.#put(kv.value);
-    this.#watcher = await this.#etcd
-      .watch()
-      .prefix(prefix)
-      .startRevision((BigInt(res.header.revision) + 1n).toString())
-      .create();
-    this.#watcher.on("put", (kv) => this.#put(kv.value));
-    this.#watcher.on("delete", (kv) => this.#current.delete(kv.key.toString().slice(prefix.length)));
-    // After a reconnection, read again what may have changed while the watch was away.
-    let stale = false;
-    this.#watcher.on("disconnected", () => {
-      stale = true;
+    this.#watch = new PrefixWatch(this.#etcd, prefix, {
+      onSnapshot: (kvs) => {
+        for (const kv of kvs) this.#put(kv.value);
+      },
+      onPut: (kv) => this.#put(kv.value),
+      onDelete: (kv) => this.#current.delete(kv.key.toString().slice(prefix.length)),
     });
-    this.#watcher.on("connected", () => {
-      if (!stale) return;
-      stale = false;
-      this.#etcd
-        .getAll()
-        .prefix(prefix)
-        .exec()
-        .then(
-          (r) => {
-            for (const kv of r.kvs) this.#put(kv.value);
-          },
-          () => {
-            stale = true;
-          },
-        );
-    });
+    await this.#watch.start();
   }
 
   #put(value: Buffer): Pipeline | undefined {
@@ -81,6 +59,6 @@ export class PipelineCache {
   }
 
   async close(): Promise<void> {
-    await this.#watcher?.cancel();
+    await this.#watch?.close();
   }
 }

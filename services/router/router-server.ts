@@ -30,6 +30,7 @@ import {
   MemberWatcher,
   nextStages,
   PipelineSchema,
+  PrefixWatch,
   Registration,
   RoundRobin,
   RouterService,
@@ -51,7 +52,7 @@ import {
   toDsatError,
   addService,
 } from "@dsat/sdk";
-import type { Etcd3, Watcher } from "etcd3";
+import type { Etcd3 } from "etcd3";
 import { submitStreamHandler } from "./handlers.ts";
 import { DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
 import { PipelineCache } from "./pipeline-cache.ts";
@@ -98,7 +99,7 @@ export class RouterServer {
   /** Streams that broke in a row, by member key: how long to wait before dialling again. */
   readonly #redials = new Map<string, number>();
   readonly #resultListeners = new Map<string, Set<(r: TaskResult) => void>>();
-  #cancelWatcher: Watcher | undefined;
+  #cancelWatch: PrefixWatch | undefined;
   #draining = false;
   #closed = false;
   /** Counters, for `ListWorkers`, metrics and benchmarks. */
@@ -220,29 +221,15 @@ export class RouterServer {
       this.#cancelTask(run, value.toString() || "cancelled");
       void this.#etcd.delete().key(key).exec().catch(() => {});
     };
-    this.#cancelWatcher = await this.#etcd.watch().prefix(cancels).create();
-    this.#cancelWatcher.on("put", (kv) => onCancel(kv.key, kv.value));
-    // Cancels written while the watch was away (etcd restarted) are read on reconnection.
-    let stale = false;
-    this.#cancelWatcher.on("disconnected", () => {
-      stale = true;
+    this.#cancelWatch = new PrefixWatch(this.#etcd, cancels, {
+      onSnapshot: (kvs) => {
+        for (const kv of kvs) onCancel(kv.key, kv.value);
+      },
+      onPut: (kv) => onCancel(kv.key, kv.value),
+      onDelete: () => {},
+      onTrouble: (err) => this.#log.debug("cancel watch mended", { error: err }),
     });
-    this.#cancelWatcher.on("connected", () => {
-      if (!stale) return;
-      stale = false;
-      this.#etcd
-        .getAll()
-        .prefix(cancels)
-        .exec()
-        .then(
-          (r) => {
-            for (const kv of r.kvs) onCancel(kv.key, kv.value);
-          },
-          () => {
-            stale = true;
-          },
-        );
-    });
+    await this.#cancelWatch.start();
     await this.#registration.start();
     // Routers that leave the mesh leave their unfinished tasks to the others; tasks of
     // routers that were gone before this one started are claimed now.
@@ -253,6 +240,35 @@ export class RouterServer {
     void this.#claimFrom("");
     this.#server.health.setAll(ServingStatus.SERVING);
     this.#log.info("router serving", { address: this.address });
+  }
+
+  /** Submissions between the limit check and the task table. */
+  #admitting = 0;
+  readonly #roomWaiters: (() => void)[] = [];
+
+  /** True when one more task may be accepted. */
+  get hasRoom(): boolean {
+    return this.#tasks.size + this.#admitting < this.#opts.maxTasks;
+  }
+
+  /**
+   * Resolves with a slot taken for one more task, once there is one: SubmitStream waits
+   * here instead of refusing. Pass `reserved` to submit() with it.
+   */
+  acquireRoom(): Promise<void> {
+    if ((this.hasRoom && this.#roomWaiters.length === 0) || this.#closed) {
+      this.#admitting++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.#roomWaiters.push(resolve));
+  }
+
+  /** Hands free slots to waiting submissions, one each, in order. */
+  #wakeRoomWaiters(): void {
+    while (this.#roomWaiters.length > 0 && (this.hasRoom || this.#closed)) {
+      this.#admitting++;
+      this.#roomWaiters.shift()?.();
+    }
   }
 
   /** Tasks held now (accepted, not ended). */
@@ -357,8 +373,37 @@ export class RouterServer {
 
   // ------------------------------------------------------------------ tasks
 
-  /** Accepts a task: validates it, stores it durably, and starts its entry stages. */
-  async submit(req: SubmitRequest): Promise<{ taskId: string }> {
+  /**
+   * Accepts a task: validates it, stores it durably, and starts its entry stages.
+   * RESOURCE_EXHAUSTED when the router holds maxTasks already, unless `reserved` (a slot
+   * taken with acquireRoom).
+   */
+  async submit(req: SubmitRequest, reserved = false): Promise<{ taskId: string }> {
+    if (!reserved) {
+      if (!this.hasRoom) {
+        throw dsatError(
+          Code.ResourceExhausted,
+          `router ${this.id} holds ${this.#tasks.size} tasks, its limit; retry later or submit to another router`,
+        );
+      }
+      this.#admitting++;
+    }
+    // The slot counts until the task is in the task table (or the submission failed).
+    let counted = true;
+    const tabled = () => {
+      if (!counted) return;
+      counted = false;
+      this.#admitting--;
+    };
+    try {
+      return await this.#admit(req, tabled);
+    } finally {
+      tabled();
+      this.#wakeRoomWaiters();
+    }
+  }
+
+  async #admit(req: SubmitRequest, tabled: () => void): Promise<{ taskId: string }> {
     if (this.#draining || this.#closed) {
       throw dsatError(Code.Unavailable, `router ${this.id} is draining; submit to another router`);
     }
@@ -376,12 +421,6 @@ export class RouterServer {
       throw dsatError(Code.DeadlineExceeded, "the task's deadline has already passed");
     }
     if (req.taskId && this.#tasks.has(req.taskId)) return { taskId: req.taskId };
-    if (this.#tasks.size >= this.#opts.maxTasks) {
-      throw dsatError(
-        Code.ResourceExhausted,
-        `router ${this.id} holds ${this.#tasks.size} tasks, its limit; retry later or submit to another router`,
-      );
-    }
     const pipeline = await this.#pipelines.current(req.pipeline);
     if (!pipeline) {
       throw dsatError(Code.NotFound, `pipeline "${req.pipeline}" not found; apply it first (dsat pipeline apply FILE)`);
@@ -405,6 +444,7 @@ export class RouterServer {
       deadlineTimer: undefined,
     };
     this.#tasks.set(task.id, run);
+    tabled();
     const entries = entryStages(pipeline).map((name) => this.#newStage(run, name, task.payload));
     const first = entries.map((sr) => this.#transition(run, sr, State.UNSPECIFIED, State.PENDING));
     let isNew: boolean;
@@ -412,11 +452,13 @@ export class RouterServer {
       isNew = await this.#reporter.create(task, first);
     } catch (err) {
       this.#tasks.delete(task.id);
+      this.#wakeRoomWaiters();
       throw dsatError(Code.Unavailable, `task could not be stored: ${toDsatError(err).rawMessage}`, err);
     }
     if (!isNew) {
       // A task with this id exists already: Submit is idempotent on the client's id.
       this.#tasks.delete(task.id);
+      this.#wakeRoomWaiters();
       return { taskId: task.id };
     }
     this.counters.accepted++;
@@ -628,6 +670,7 @@ export class RouterServer {
     this.#stopStages(run, error?.message ?? "the task ended");
     const stored = this.#reporter.sendDurable(this.#transition(run, undefined, from, to, { output, error }));
     this.#tasks.delete(run.task.id);
+    this.#wakeRoomWaiters();
     if (to === State.SUCCEEDED) this.counters.succeeded++;
     else this.counters.failed++;
     const listeners = this.#resultListeners.get(run.task.id);
@@ -886,6 +929,7 @@ export class RouterServer {
     if (!run) return;
     this.#log.warn("a task moved to another router; dropping it here", { task: taskId, reason });
     this.#tasks.delete(taskId);
+    this.#wakeRoomWaiters();
     this.#telemetry?.dropped(taskId, reason);
     if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
     for (const sr of run.stages.values()) {
@@ -964,6 +1008,7 @@ export class RouterServer {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#wakeRoomWaiters();
     this.#server.health.setAll(ServingStatus.NOT_SERVING);
     await this.#registration.close().catch(() => {});
     await this.#reporter.flush().catch(() => {});
@@ -974,7 +1019,7 @@ export class RouterServer {
     }
     for (const l of this.#links.values()) l.abort();
     this.#telemetry?.close();
-    await this.#cancelWatcher?.cancel().catch(() => {});
+    await this.#cancelWatch?.close().catch(() => {});
     await this.#workers.close().catch(() => {});
     await this.#statusMembers.close().catch(() => {});
     await this.#routers.close().catch(() => {});

@@ -422,6 +422,8 @@ class RunStream {
   readonly #requests = new AsyncQueue<SubmitStreamRequest>();
   readonly #acks: Waiting[][] = [];
   readonly #results = new Map<string, { resolve(r: TaskResult): void; reject(e: unknown): void }>();
+  /** Results that arrived before the ack of their task. */
+  readonly #early = new Map<string, TaskResult>();
   #batch: { req: SubmitRequest; waiting: Waiting }[] = [];
   #scheduled = false;
   readonly #abort = new AbortController();
@@ -473,14 +475,22 @@ class RunStream {
               w.resolve({ ack, result: refused });
               return;
             }
-            const result = new Promise<TaskResult>((resolve, reject) => this.#results.set(ack.taskId, { resolve, reject }));
+            // Its result may have come first (the ack of a request waits for all its tasks).
+            const early = this.#early.get(ack.taskId);
+            this.#early.delete(ack.taskId);
+            const result = early
+              ? Promise.resolve(early)
+              : new Promise<TaskResult>((resolve, reject) => this.#results.set(ack.taskId, { resolve, reject }));
             result.catch(() => {});
             w.resolve({ ack, result });
           });
         }
         for (const r of res.results) {
-          this.#results.get(r.taskId)?.resolve(r);
-          this.#results.delete(r.taskId);
+          const waiting = this.#results.get(r.taskId);
+          if (waiting) {
+            waiting.resolve(r);
+            this.#results.delete(r.taskId);
+          } else this.#early.set(r.taskId, r);
         }
       }
     } catch (err) {
