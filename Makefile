@@ -1,7 +1,7 @@
 # dsat: the two commands are `make demo` and `make test`; each installs what it needs.
 SHELL := /bin/bash
 NODE := node_modules/.bin/node
-NODE_RUN := $(NODE) --conditions=source --disable-warning=ExperimentalWarning
+NODE_RUN := $(NODE) --conditions=@dsat/source --disable-warning=ExperimentalWarning
 BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(BIN):$(PATH)
 

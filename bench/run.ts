@@ -1,6 +1,6 @@
 // make bench: dsat beside a raw grpc-js router and Moleculer 0.14, on loopback, each system
 // as separate processes, loaded by a driver process; results in bench/results/.
-//   node --conditions=source bench/run.ts [--quick] [--profile] [--only raw,moleculer,dsat,memory]
+//   node --conditions=@dsat/source bench/run.ts [--quick] [--profile] [--only raw,moleculer,dsat,memory]
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { createServer as createHttpServer } from "node:http";

@@ -1,6 +1,6 @@
 // The SDK as a user gets it: built, packed with npm, installed from the tarball into an
 // empty project, and used from plain .mjs files by the project's Node without
-// --conditions=source (so from sdk/dist, not sdk/src), against a running mesh.
+// --conditions=@dsat/source (so from sdk/dist, not sdk/src), against a running mesh.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -154,7 +154,7 @@ test.serial("the tarball holds dist (JavaScript, .d.ts, generated code) and READ
     peerDependencies?: Record<string, string>;
     exports: Record<string, Record<string, string>>;
   };
-  t.deepEqual(Object.keys(pkg.exports["."] ?? {}), ["source", "types", "default"], "source first, then types, then default");
+  t.deepEqual(Object.keys(pkg.exports["."] ?? {}), ["@dsat/source", "types", "default"], "the source condition first, then types, then default");
   // Its dependencies come from the registry: none is this repository (services/, a workspace, a path).
   const declared = { ...pkg.dependencies, ...pkg.peerDependencies };
   for (const [name, range] of Object.entries(declared)) {

@@ -555,7 +555,7 @@ test("main.ts serves after one ready line, and exits 0 on SIGTERM having left th
 });
 
 test("main.ts exits 1 with a clear message when etcd cannot be reached", async (t) => {
-  const child = spawn(process.execPath, ["--conditions=source", "services/status/main.ts", "--etcd", "127.0.0.1:1"], {
+  const child = spawn(process.execPath, ["--conditions=@dsat/source", "services/status/main.ts", "--etcd", "127.0.0.1:1"], {
     cwd: ROOT,
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
 /** Flags every Node child of the bench gets: the project's own way to run .ts. */
-export const NODE_FLAGS = Object.freeze(["--conditions=source", "--disable-warning=ExperimentalWarning"]);
+export const NODE_FLAGS = Object.freeze(["--conditions=@dsat/source", "--disable-warning=ExperimentalWarning"]);
 
 /** A process the bench started and measures. */
 export interface BenchProcess {

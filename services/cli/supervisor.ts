@@ -60,7 +60,7 @@ export class Supervisor {
   async #spawn(entry: string, args: string[]): Promise<{ process: ChildProcess; ready: ReadyLine; stderr: () => string }> {
     const proc = spawn(
       process.execPath,
-      ["--conditions=source", "--disable-warning=ExperimentalWarning", entry, ...args],
+      ["--conditions=@dsat/source", "--disable-warning=ExperimentalWarning", entry, ...args],
       { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, DSAT_EXIT_WITH_PARENT: "1" } },
     );
     let err = "";

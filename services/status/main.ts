@@ -1,7 +1,7 @@
 /**
  * Runs one StatusServer as a process, until SIGTERM or SIGINT (then it closes and exits 0):
  *
- *   node --conditions=source services/status/main.ts --etcd 127.0.0.1:2379 --port 0 \
+ *   node --conditions=@dsat/source services/status/main.ts --etcd 127.0.0.1:2379 --port 0 \
  *     --host 127.0.0.1 --prefix /dsat/v1/ [--lease-ttl 5] [--id ID]
  *
  * Flags also come from DSAT_ETCD, DSAT_HOST, DSAT_PORT, DSAT_PREFIX, DSAT_LEASE_TTL. Once

@@ -1,5 +1,5 @@
 // Runs one worker process for one stage, with a handler from a module:
-//   node --conditions=source services/worker-host/main.ts --stage NAME --module FILE [--concurrency N]
+//   node --conditions=@dsat/source services/worker-host/main.ts --stage NAME --module FILE [--concurrency N]
 // The module's default export (or its export named by --export) is the handler.
 import { pathToFileURL } from "node:url";
 import { resolve } from "node:path";

@@ -40,7 +40,7 @@ export async function startService(
 ): Promise<ServiceProcess> {
   const childEnv: NodeJS.ProcessEnv = { ...process.env, DSAT_EXIT_WITH_PARENT: "1", ...env };
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete childEnv[k];
-  const child = spawn(process.execPath, ["--conditions=source", "--disable-warning=ExperimentalWarning", entry, ...args], {
+  const child = spawn(process.execPath, ["--conditions=@dsat/source", "--disable-warning=ExperimentalWarning", entry, ...args], {
     cwd: ROOT,
     env: childEnv,
     stdio: ["ignore", "pipe", "pipe"],
