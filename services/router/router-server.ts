@@ -29,6 +29,8 @@ import {
   MemberSchema,
   MemberWatcher,
   nextStages,
+  parentStages,
+  encodePayload,
   PipelineSchema,
   PrefixWatch,
   Registration,
@@ -60,6 +62,16 @@ import { adoptTraceMetadata, RouterTelemetry } from "./router-telemetry.ts";
 import { StatusReporter } from "./status-reporter.ts";
 import type { StageRun, TaskRun } from "./task-run.ts";
 import { WorkerLink } from "./worker-link.ts";
+
+/** A stage's output as a value for a join's input: JSON when it is JSON, else its text. */
+function decodeOutput(bytes: Uint8Array): unknown {
+  const text = new TextDecoder().decode(bytes);
+  try {
+    return text.length === 0 ? null : JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
 
 const TASK_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 
@@ -441,6 +453,8 @@ export class RouterServer {
       stages: new Map(),
       active: 0,
       output: new Uint8Array(0),
+      outputs: new Map(),
+      joins: new Set(),
       deadlineTimer: undefined,
     };
     this.#tasks.set(task.id, run);
@@ -585,15 +599,72 @@ export class RouterServer {
 
   #stageSucceeded(run: TaskRun, sr: StageRun, output: Uint8Array, port: string): void {
     run.active--;
-    const next = nextStages(run.pipeline, sr.name, port);
-    if (next.length === 0) run.output = output;
+    run.outputs.set(sr.name, { output, port });
+    this.#moveOn(run, sr.name);
+  }
+
+  /**
+   * Moves a succeeded stage's output on: to each stage its edges name for its port (each
+   * stage runs once per task), joins once every parent has delivered or can no longer;
+   * the task succeeds when nothing is left to run.
+   */
+  #moveOn(run: TaskRun, stage: string): void {
+    const o = run.outputs.get(stage);
+    if (!o) return;
+    const next = nextStages(run.pipeline, stage, o.port);
+    if (next.length === 0) run.output = o.output;
     for (const name of next) {
-      if (run.stages.has(name)) continue; // Each stage runs once per task.
-      const nsr = this.#newStage(run, name, output);
-      this.#reporter.send(this.#transition(run, nsr, State.UNSPECIFIED, State.PENDING));
-      this.#enqueue(run, nsr);
+      if (run.stages.has(name)) continue;
+      if (new Set(parentStages(run.pipeline, name)).size > 1) run.joins.add(name);
+      else this.#startStage(run, name, o.output);
     }
-    if (run.active === 0) this.#finish(run, State.SUCCEEDED, run.output, undefined);
+    this.#startReadyJoins(run);
+    if (run.active === 0 && run.joins.size === 0 && !this.#isTerminal(run)) {
+      this.#finish(run, State.SUCCEEDED, run.output, undefined);
+    }
+  }
+
+  #startStage(run: TaskRun, name: string, input: Uint8Array): void {
+    const nsr = this.#newStage(run, name, input);
+    this.#reporter.send(this.#transition(run, nsr, State.UNSPECIFIED, State.PENDING));
+    this.#enqueue(run, nsr);
+  }
+
+  /**
+   * Starts each waiting join whose parents have all either delivered to it or can no longer
+   * run (their branch ended elsewhere). Its input is a JSON object of the delivered outputs
+   * by parent name (each parsed as JSON when it is JSON, else its text). A join that no
+   * parent delivered to ends its branch.
+   */
+  #startReadyJoins(run: TaskRun): void {
+    if (run.joins.size === 0) return;
+    const edges = effectiveEdges(run.pipeline);
+    // Stages that may still run: those started and not ended, waiting joins, and all below them.
+    const mayRun = new Set<string>();
+    const stack: string[] = [...run.joins];
+    for (const sr of run.stages.values()) {
+      if (sr.state !== State.SUCCEEDED && sr.state !== State.CANCELLED) stack.push(sr.name);
+    }
+    while (stack.length > 0) {
+      const n = stack.pop() as string;
+      if (mayRun.has(n)) continue;
+      mayRun.add(n);
+      for (const e of edges) if (e.from === n) stack.push(e.to);
+    }
+    for (const join of [...run.joins]) {
+      const parents = [...new Set(parentStages(run.pipeline, join))];
+      const delivered = parents.filter((p) => {
+        const o = run.outputs.get(p);
+        return o !== undefined && edges.some((e) => e.from === p && e.to === join && e.port === o.port);
+      });
+      const waiting = parents.filter((p) => !delivered.includes(p) && mayRun.has(p) && !run.outputs.has(p));
+      if (waiting.length > 0) continue;
+      run.joins.delete(join);
+      if (delivered.length === 0) continue;
+      const input: Record<string, unknown> = {};
+      for (const p of delivered) input[p] = decodeOutput(run.outputs.get(p)?.output ?? new Uint8Array(0));
+      this.#startStage(run, join, encodePayload(input));
+    }
   }
 
   #attemptFailed(run: TaskRun, sr: StageRun, error: TaskError): void {
@@ -810,6 +881,8 @@ export class RouterServer {
       stages: new Map(),
       active: 0,
       output: new Uint8Array(0),
+      outputs: new Map(),
+      joins: new Set(),
       deadlineTimer: undefined,
     };
     this.#tasks.set(task.id, run);
@@ -900,18 +973,11 @@ export class RouterServer {
         default:
       }
     }
-    // Stages that succeeded but whose next stages were not started yet.
-    for (const [name, o] of outputs) {
-      const next = nextStages(pipeline, name, o.port);
-      if (next.length === 0) run.output = o.output;
-      for (const n of next) {
-        if (run.stages.has(n)) continue;
-        const nsr = this.#newStage(run, n, o.output);
-        this.#reporter.send(this.#transition(run, nsr, State.UNSPECIFIED, State.PENDING));
-        this.#enqueue(run, nsr);
-      }
-    }
-    if (run.active === 0 && !this.#isTerminal(run)) {
+    // Stages that succeeded but whose next stages (or joins) were not started yet.
+    for (const [name, o] of outputs) run.outputs.set(name, o);
+    for (const name of outputs.keys()) this.#moveOn(run, name);
+    if (this.#isTerminal(run)) return;
+    if (run.active === 0 && run.joins.size === 0 && !this.#isTerminal(run)) {
       this.#finish(run, State.SUCCEEDED, run.output, undefined);
       return;
     }

@@ -27,5 +27,9 @@ export interface TaskRun {
   active: number;
   /** Output of the leaf stage that ended last. */
   output: Uint8Array;
+  /** What each stage that succeeded put out, and on which port. */
+  readonly outputs: Map<string, { output: Uint8Array; port: string }>;
+  /** Join stages (several parents) waiting for their parents. */
+  readonly joins: Set<string>;
   deadlineTimer: NodeJS.Timeout | undefined;
 }
