@@ -50,6 +50,12 @@ test.serial("dsat up runs a satellite that the other commands drive; Ctrl-C stop
   t.regex(members.out, /^status\s/m);
   t.regex(members.out, /^worker\s+\S+\s+127\.0\.0\.1:\d+\s+classify\s+0\.1\.0\s+\d+\/32/m);
 
+  const top = dsat("top", "--once", "--etcd", etcd.endpoint);
+  t.is(top.code, 0, top.err);
+  t.regex(top.out, /^STAGE\s+WORKERS\s+IN-FLIGHT\/CAPACITY\s+QUEUED\s+AVG RUN/m);
+  t.regex(top.out, /^classify\s+\d+\s+\[[█░]+\]\s+\d+\/\d+/m);
+  t.regex(top.out, /^router\s/m);
+
   const list = dsat("pipeline", "list", "--etcd", etcd.endpoint);
   t.regex(list.out, /demo\s+1\s+normalize -> count -> classify/);
 

@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import {
+  clientTo,
   Code,
   type DsatClient,
   defaultEtcdEndpoints,
@@ -8,7 +9,9 @@ import {
   MemberKind,
   type Pipeline,
   State,
+  StatusService,
   stateName,
+  type TopologyResponse,
   type TaskState,
   type Transition,
   connectEtcd,
@@ -16,9 +19,9 @@ import {
   toDsatError,
 } from "@dsat/sdk";
 import { loadPipelineFile } from "./pipeline-file.ts";
-import { table } from "./render.ts";
+import { bar, ms, table } from "./render.ts";
 import { renderTimeline } from "./trace-chart.ts";
-import { UP_FILE } from "./satellite.ts";
+import { readTopology, statusAddresses, UP_FILE } from "./satellite.ts";
 
 /** Where the CLI finds etcd: --etcd, DSAT_ETCD, the `dsat up` of this folder, else 127.0.0.1:2379. */
 export function resolveEtcd(flag: string | undefined): string {
@@ -232,4 +235,63 @@ export async function retry(client: DsatClient, taskId: string, wait: boolean): 
   }
   out(await client.submit(s.task.pipeline, payload, { headers }));
   return 0;
+}
+
+function memberKindLabel(k: MemberKind): string {
+  return k === MemberKind.ROUTER ? "router" : k === MemberKind.WORKER ? "worker" : k === MemberKind.STATUS ? "status" : "?";
+}
+
+/** One frame of `dsat top`: the load per stage (a bar of in-flight over capacity), the routers and the members. */
+export function renderTopology(t: TopologyResponse, now: Date = new Date()): string {
+  const lines = [`dsat top  ${now.toISOString().slice(11, 19)}  ${t.members.length} members`, ""];
+  lines.push(
+    t.stages.length === 0
+      ? "no stage has workers"
+      : table(
+          ["STAGE", "WORKERS", "IN-FLIGHT/CAPACITY", "QUEUED", "AVG RUN"],
+          t.stages.map((s) => [s.stage, s.workers, bar(s.inFlight, s.capacity, 20), s.queued, s.avgRunMs > 0 ? ms(s.avgRunMs) : "-"]),
+        ),
+  );
+  for (const r of t.routers) if (r.error) lines.push(`router ${r.routerId} (${r.address}) did not answer: ${r.error}`);
+  lines.push("");
+  const rows = [...t.members]
+    .sort((a, b) => a.kind - b.kind || a.stage.localeCompare(b.stage) || a.id.localeCompare(b.id))
+    .map((m) => [memberKindLabel(m.kind), m.id, m.address, m.stage || "-", m.draining ? "draining" : ""]);
+  lines.push(table(["KIND", "ID", "ADDRESS", "STAGE", ""], rows));
+  return lines.join("\n");
+}
+
+/**
+ * `dsat top`: the mesh's load, redrawn from WatchTopology every second. With `once`, one
+ * frame and done; when stdout is not a terminal, frames follow one another (no redraw).
+ */
+export async function top(client: DsatClient, options: { once: boolean }): Promise<number> {
+  if (options.once) {
+    out(renderTopology(await readTopology(client)));
+    return 0;
+  }
+  const tty = process.stdout.isTTY === true;
+  const abort = new AbortController();
+  const stop = () => abort.abort();
+  process.once("SIGINT", stop);
+  try {
+    for (;;) {
+      const [address] = await statusAddresses(client);
+      try {
+        for await (const t of clientTo(StatusService, address as string).watchTopology({ intervalMs: 1000 }, { signal: abort.signal })) {
+          // Clear the screen and go home, so that the frame is redrawn in place.
+          if (tty) process.stdout.write("\x1b[2J\x1b[H");
+          out(renderTopology(t));
+          if (!tty) out("");
+        }
+      } catch (err) {
+        if (abort.signal.aborted) return 0;
+        process.stderr.write(`dsat top: ${toDsatError(err).rawMessage}; trying again\n`);
+      }
+      if (abort.signal.aborted) return 0;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  } finally {
+    process.off("SIGINT", stop);
+  }
 }

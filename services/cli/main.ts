@@ -24,6 +24,8 @@ usage:
                                     pipeline, input and headers); prints the new task's id
   dsat list [--pipeline P] [--state S[,S]] [--limit N]
   dsat members                      who is up: kind, stage, version, load
+  dsat top [--once]                 live load per stage (workers, in-flight/capacity, queued, avg
+                                    run time) and the members, redrawn every second
 
 options:
   --etcd HOST:PORT[,…]   etcd endpoints (default: DSAT_ETCD, then .dsat/up.json, then 127.0.0.1:2379)
@@ -43,6 +45,7 @@ const { values, positionals } = parseArgs({
     pipeline: { type: "string" },
     state: { type: "string" },
     limit: { type: "string" },
+    once: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   },
 });
@@ -108,6 +111,8 @@ async function main(): Promise<number> {
       case "members":
         await cmd.members(client);
         return 0;
+      case "top":
+        return await cmd.top(client, { once: values.once ?? false });
       default:
         return usage(`unknown command "${command}"`);
     }

@@ -11,8 +11,12 @@ export interface WorkerSpec {
   module: string;
   /** Export that holds the handler. Default "default". */
   export: string;
-  /** Worker processes. Default 1. */
+  /** Worker processes to start with. Default 1. */
   replicas: number;
+  /** Fewest worker processes the pool shrinks to. Default replicas. */
+  min: number;
+  /** Most worker processes the pool grows to under load. Default replicas (no scaling). */
+  max: number;
   /** Tasks each runs at once. Default 1. */
   concurrency: number;
 }
@@ -84,11 +88,19 @@ export function pipelineFromDocument(doc: unknown, path: string): PipelineFile {
   const w = (d.workers ?? {}) as Record<string, Doc>;
   for (const [stage, spec] of Object.entries(w)) {
     if (!spec || typeof spec.module !== "string") throw new Error(`${path}: workers.${stage} needs a module`);
+    const replicas = Number(spec.replicas ?? spec.min ?? 1);
+    const min = Number(spec.min ?? replicas);
+    const max = Number(spec.max ?? Math.max(replicas, min));
+    if (!(Number.isInteger(min) && Number.isInteger(max) && min >= 0 && max >= 1 && min <= max)) {
+      throw new Error(`${path}: workers.${stage} needs whole numbers 0 <= min <= max, max >= 1 (min ${spec.min}, max ${spec.max})`);
+    }
     workers.push({
       stage,
       module: resolve(dirname(path), spec.module),
       export: String(spec.export ?? "default"),
-      replicas: Number(spec.replicas ?? 1),
+      replicas: Math.min(max, Math.max(min, replicas)),
+      min,
+      max,
       concurrency: Number(spec.concurrency ?? 1),
     });
   }

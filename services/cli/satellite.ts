@@ -1,8 +1,9 @@
 import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { createClient, type DsatClient } from "@dsat/sdk";
+import { clientTo, createClient, type DsatClient, MemberKind, StatusService, type TopologyResponse } from "@dsat/sdk";
 import { freePort, LocalEtcd } from "./local-etcd.ts";
-import type { PipelineFile } from "./pipeline-file.ts";
+import type { PipelineFile, WorkerSpec } from "./pipeline-file.ts";
+import { PoolScaler, type PoolScalerOptions } from "./pool-scaler.ts";
 import { type Child, ROOT, Supervisor } from "./supervisor.ts";
 
 /** Options of {@link startSatellite}. */
@@ -19,6 +20,10 @@ export interface SatelliteOptions {
   leaseTtlSeconds: number;
   /** Lines for a person. */
   log: (line: string) => void;
+  /** How worker pools follow the load (min and max come from each pipeline file). Default: the PoolScaler defaults. */
+  poolScaling: Partial<Omit<PoolScalerOptions, "min" | "max">>;
+  /** How often the pools look at the load (Topology), in milliseconds. Default 1000. */
+  sampleMs: number;
 }
 
 /** A local satellite: etcd (maybe), a status server, routers and the workers of some pipelines. */
@@ -27,6 +32,8 @@ export interface Satellite {
   readonly client: DsatClient;
   readonly supervisor: Supervisor;
   readonly children: readonly Child[];
+  /** Worker processes of a stage now (started or starting, not yet stopping). */
+  poolSize(stage: string): number;
   stop(): Promise<void>;
 }
 
@@ -39,7 +46,13 @@ export async function startSatellite(options: Partial<SatelliteOptions> = {}): P
   const supervisor = new Supervisor({ log });
   let local: LocalEtcd | undefined;
   let etcd = options.etcd;
+  const pools = new Map<string, WorkerPool>();
+  let sampler: NodeJS.Timeout | undefined;
+  let stopping = false;
   const stop = async () => {
+    stopping = true;
+    clearInterval(sampler);
+    await Promise.allSettled([...pools.values()].flatMap((p) => [...p.pending]));
     await supervisor.stop();
     await local?.stop();
     if (!options.etcd) rmSync(UP_FILE, { force: true });
@@ -68,31 +81,55 @@ export async function startSatellite(options: Partial<SatelliteOptions> = {}): P
     for (const f of options.files ?? []) {
       const { pipeline, changed } = await client.applyPipeline(f.pipeline);
       log(`pipeline  ${pipeline.name} v${pipeline.version}${changed ? "" : " (unchanged)"}: ${pipeline.stages.map((s) => s.name).join(" -> ")}`);
-      const starts: Promise<Child>[] = [];
+      const starts: Promise<unknown>[] = [];
       for (const w of f.workers) {
         if (!existsSync(w.module)) throw new Error(`worker module ${w.module} (stage ${w.stage}) does not exist`);
-        for (let i = 0; i < w.replicas; i++) {
-          starts.push(
-            supervisor.start(`${w.stage}-${i + 1}`, join(ROOT, "services/worker-host/main.ts"), [
-              ...common,
-              "--stage", w.stage,
-              "--module", w.module,
-              "--export", w.export,
-              "--concurrency", String(w.concurrency),
-            ]),
-          );
-        }
+        const pool = new WorkerPool(w, supervisor, [...common], { ...options.poolScaling, min: w.min, max: w.max });
+        pools.set(w.stage, pool);
+        for (let i = 0; i < w.replicas; i++) starts.push(pool.grow());
       }
-      const started = await Promise.all(starts);
+      await Promise.all(starts);
       for (const w of f.workers) {
-        log(`workers   ${w.stage}: ${started.filter((c) => c.name.startsWith(`${w.stage}-`)).length} × concurrency ${w.concurrency}`);
+        const range = w.min === w.max ? "" : `, ${w.min}..${w.max} with the load`;
+        log(`workers   ${w.stage}: ${pools.get(w.stage)?.size ?? 0} × concurrency ${w.concurrency}${range}`);
       }
+    }
+    const scaling = [...pools.values()].filter((p) => p.spec.min < p.spec.max);
+    if (scaling.length > 0) {
+      let sampling = false;
+      sampler = setInterval(() => {
+        if (sampling) return;
+        sampling = true;
+        readTopology(client, 1_000)
+          .then((t) => {
+            // A sample that comes back after stop began must not start a worker.
+            if (stopping) return;
+            const now = Date.now();
+            for (const pool of scaling) {
+              const l = t.stages.find((x) => x.stage === pool.spec.stage);
+              const sample = { atMs: now, inFlight: l?.inFlight ?? 0, capacity: l?.capacity ?? 0, queued: l?.queued ?? 0 };
+              const before = pool.size;
+              const d = pool.scaler.decide(sample, before);
+              if (d === "hold") continue;
+              log(`pool      ${pool.spec.stage}: ${before} -> ${d === "up" ? before + 1 : before - 1} workers (${sample.inFlight}/${sample.capacity} in flight, ${sample.queued} queued)`);
+              void (d === "up" ? pool.grow() : pool.shrink()).catch((err: unknown) => log(`pool      ${pool.spec.stage}: ${(err as Error).message}`));
+            }
+          })
+          .catch(() => {
+            // No status server answered this time: the next sample tries again.
+          })
+          .finally(() => {
+            sampling = false;
+          });
+      }, options.sampleMs ?? 1_000);
+      sampler.unref();
     }
     return {
       etcd,
       client,
       supervisor,
       children: supervisor.children,
+      poolSize: (stage) => pools.get(stage)?.size ?? 0,
       stop: async () => {
         await client.close();
         await stop();
@@ -102,6 +139,87 @@ export async function startSatellite(options: Partial<SatelliteOptions> = {}): P
     await stop();
     throw err;
   }
+}
+
+/**
+ * WorkerPool holds the worker processes of one stage that a satellite runs, and grows or
+ * shrinks by one process at a time as its PoolScaler decides.
+ */
+class WorkerPool {
+  readonly spec: WorkerSpec;
+  readonly scaler: PoolScaler;
+  /** Starts and stops under way. */
+  readonly pending = new Set<Promise<unknown>>();
+  readonly #supervisor: Supervisor;
+  readonly #common: string[];
+  readonly #children: Child[] = [];
+  #starting = 0;
+  #next = 1;
+
+  constructor(spec: WorkerSpec, supervisor: Supervisor, common: string[], scaling: Partial<PoolScalerOptions>) {
+    this.spec = spec;
+    this.scaler = new PoolScaler(scaling);
+    this.#supervisor = supervisor;
+    this.#common = common;
+  }
+
+  /** Processes running or starting. */
+  get size(): number {
+    return this.#children.length + this.#starting;
+  }
+
+  /** Starts one more worker process; resolves once it is ready. */
+  grow(): Promise<Child> {
+    const w = this.spec;
+    this.#starting++;
+    const p = this.#supervisor
+      .start(`${w.stage}-${this.#next++}`, join(ROOT, "services/worker-host/main.ts"), [
+        ...this.#common,
+        "--stage", w.stage,
+        "--module", w.module,
+        "--export", w.export,
+        "--concurrency", String(w.concurrency),
+      ])
+      .then((c) => {
+        this.#children.push(c);
+        return c;
+      })
+      .finally(() => {
+        this.#starting--;
+        this.pending.delete(p);
+      });
+    this.pending.add(p);
+    return p;
+  }
+
+  /** Stops the newest worker process with SIGTERM: it drains what it runs, then exits. */
+  shrink(): Promise<void> {
+    const c = this.#children.pop();
+    if (!c) return Promise.resolve();
+    const p = this.#supervisor.stopChild(c).finally(() => this.pending.delete(p));
+    this.pending.add(p);
+    return p;
+  }
+}
+
+/** The status servers registered in etcd, by address; UNAVAILABLE-like Error when none is up. */
+export async function statusAddresses(client: DsatClient): Promise<string[]> {
+  const list = (await client.members()).filter((m) => m.kind === MemberKind.STATUS).map((m) => m.address);
+  if (list.length === 0) throw new Error("no status server is registered in etcd");
+  return list;
+}
+
+/** Asks a status server for the mesh's topology (the first that answers). */
+export async function readTopology(client: DsatClient, timeoutMs = 3_000): Promise<TopologyResponse> {
+  let last: unknown;
+  for (const address of await statusAddresses(client)) {
+    try {
+      return await clientTo(StatusService, address).topology({}, { timeoutMs });
+    } catch (err) {
+      last = err;
+    }
+  }
+  throw last;
 }
 
 function isPortFree(port: number): Promise<boolean> {

@@ -42,6 +42,8 @@ export interface SupervisorOptions {
 export class Supervisor {
   readonly children: Child[] = [];
   #stopping = false;
+  /** Children stopped on purpose (one by one): not restarted. */
+  readonly #retired = new WeakSet<Child>();
   readonly #opts: SupervisorOptions;
 
   constructor(options: Partial<SupervisorOptions> = {}) {
@@ -89,11 +91,11 @@ export class Supervisor {
   #watch(child: Child, stderr: () => string): void {
     child.process.once("exit", (code, signal) => {
       child.stderr = stderr();
-      if (this.#stopping || !this.#opts.restart) return;
+      if (this.#stopping || !this.#opts.restart || this.#retired.has(child)) return;
       const delay = Math.min(500 * 2 ** child.restarts, 30_000);
       this.#opts.log(`${child.name} exited (${signal ?? code}); restarting in ${delay} ms`);
       setTimeout(() => {
-        if (this.#stopping) return;
+        if (this.#stopping || this.#retired.has(child)) return;
         this.#spawn(child.entry, child.args).then(
           (s) => {
             child.process = s.process;
@@ -104,6 +106,26 @@ export class Supervisor {
           (err: Error) => this.#opts.log(`${child.name} could not restart: ${err.message}`),
         );
       }, delay).unref();
+    });
+  }
+
+  /**
+   * Stops one child for good: SIGTERM (it drains), SIGKILL after graceMs; it is not
+   * restarted and leaves `children`. Resolves once it exited.
+   */
+  async stopChild(child: Child, graceMs = 10_000): Promise<void> {
+    this.#retired.add(child);
+    const i = this.children.indexOf(child);
+    if (i >= 0) this.children.splice(i, 1);
+    const proc = child.process;
+    if (proc.exitCode !== null || proc.signalCode !== null) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => proc.kill("SIGKILL"), graceMs);
+      proc.once("exit", () => {
+        clearTimeout(t);
+        resolve();
+      });
+      proc.kill("SIGTERM");
     });
   }
 

@@ -753,7 +753,16 @@ export class RouterServer {
       () => {
         for (const l of listeners) l(result);
       },
-      (err: unknown) => this.#log.error("a terminal transition could not be stored", { task: run.task.id, error: err }),
+      (err: unknown) => {
+        this.#log.error("a terminal transition could not be stored", { task: run.task.id, error: err });
+        // The waiting clients read the end from StatusService instead of hanging here.
+        const unknown = create(TaskResultSchema, {
+          taskId: run.task.id,
+          state: State.UNSPECIFIED,
+          error: { code: codeName(Code.Unavailable), message: "the task's end could not be stored yet" },
+        });
+        for (const l of listeners) l(unknown);
+      },
     );
   }
 
@@ -1033,6 +1042,7 @@ export class RouterServer {
         inFlight: l.inFlight.size,
         connected: l.ready && !l.closed,
         dispatched: l.dispatched,
+        avgRunMs: l.load?.avgRunMs ?? 0,
       });
     }
     for (const { member, error } of this.#refused.values()) {

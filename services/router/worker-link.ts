@@ -6,6 +6,7 @@ import {
   clientTo,
   Code,
   type ConnectError,
+  type Load,
   dsatError,
   splitBySize,
   type Member,
@@ -41,6 +42,8 @@ export class WorkerLink {
   leaving = false;
   closed = false;
   dispatched = 0n;
+  /** The last Load the worker reported (undefined until it reports one). */
+  load: Load | undefined;
   #requests = new AsyncQueue<ProcessRequest>();
   #abort = new AbortController();
   #assignments: Assignment[] = [];
@@ -117,7 +120,7 @@ export class WorkerLink {
     this.#cancels = [];
   }
 
-  async #read(responses: AsyncIterable<{ hello?: Member; transitions: Transition[]; load?: unknown }>): Promise<void> {
+  async #read(responses: AsyncIterable<{ hello?: Member; transitions: Transition[]; load?: Load }>): Promise<void> {
     let error: ConnectError | undefined;
     try {
       for await (const res of responses) {
@@ -125,6 +128,7 @@ export class WorkerLink {
           this.ready = true;
           this.#events.onReady(this);
         }
+        if (res.load) this.load = res.load;
         for (const t of res.transitions) this.#events.onTransition(this, t);
         if (res.transitions.length > 0) this.#events.onReady(this);
       }

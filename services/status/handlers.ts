@@ -28,6 +28,7 @@ import {
 import * as grpc from "@grpc/grpc-js";
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, SortOrder, SortTarget, type Watcher } from "etcd3";
 import type { TaskStore } from "./task-store.ts";
+import { Topology } from "./topology.ts";
 
 type MethodsOf<T> = T extends GenService<infer S extends GenServiceMethods> ? S : never;
 
@@ -55,6 +56,7 @@ export class StatusHandlers {
   readonly #store: TaskStore;
   readonly #keys: Keys;
   readonly #log: Logger;
+  readonly #topology: Topology;
   /** Ends each open Watch, with an error. */
   readonly #watches = new Set<(err: ConnectError) => void>();
 
@@ -63,6 +65,7 @@ export class StatusHandlers {
     this.#store = store;
     this.#keys = keys;
     this.#log = logger;
+    this.#topology = new Topology(etcd, keys);
   }
 
   /** Serves StatusService on a grpc-js server. */
@@ -73,6 +76,8 @@ export class StatusHandlers {
       watch: (req, call) => this.#watch(req, call),
       list: (req) => this.#list(req),
       claimTasks: (req) => this.#claim(req),
+      topology: () => this.#topology.read(),
+      watchTopology: (req, call) => this.#topology.watch(req, call),
     };
     addService(server, StatusService, handlers);
   }

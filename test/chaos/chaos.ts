@@ -46,6 +46,9 @@ interface Trail {
   path: string[];
 }
 
+/** How long one run may take before it counts as not answered. */
+const RUN_TIMEOUT_MS = 60_000;
+
 /** A tiny deterministic random generator (mulberry32). */
 function random(seed: number): () => number {
   let a = seed >>> 0;
@@ -168,7 +171,13 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
       while (next < total) {
         const i = next++;
         try {
-          const r = await mesh.client.run("chaos", { v: i, path: [] }, { taskId: `chaos-${i}` });
+          // Bounded: a run that never answers is reported (with its task id), not waited for forever.
+          const r = await Promise.race([
+            mesh.client.run("chaos", { v: i, path: [] }, { taskId: `chaos-${i}` }),
+            new Promise<never>((_, reject) =>
+              setTimeout(() => reject(new Error(`no answer after ${RUN_TIMEOUT_MS} ms`)), RUN_TIMEOUT_MS).unref(),
+            ),
+          ]);
           if (r.state === State.SUCCEEDED) {
             succeeded++;
             if (r.output.json<Trail>().v !== (i + 1) * 2 - 3) wrongOutputs++;

@@ -279,6 +279,13 @@ export declare type WorkerView = Message<"dsat.v1.WorkerView"> & {
    * @generated from field: uint64 dispatched = 10;
    */
   dispatched: bigint;
+
+  /**
+   * Moving average of run time the worker last reported (its Load), in milliseconds.
+   *
+   * @generated from field: double avg_run_ms = 11;
+   */
+  avgRunMs: number;
 };
 
 /**

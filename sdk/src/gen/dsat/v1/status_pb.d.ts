@@ -5,6 +5,8 @@
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 import type { State, Task, TaskState, Transition } from "./task_pb.js";
+import type { ListWorkersResponse } from "./router_pb.js";
+import type { Member } from "./member_pb.js";
 
 /**
  * Describes the file dsat/v1/status.proto.
@@ -316,6 +318,150 @@ export declare type ClaimTasksResponse = Message<"dsat.v1.ClaimTasksResponse"> &
 export declare const ClaimTasksResponseSchema: GenMessage<ClaimTasksResponse>;
 
 /**
+ * @generated from message dsat.v1.TopologyRequest
+ */
+export declare type TopologyRequest = Message<"dsat.v1.TopologyRequest"> & {
+};
+
+/**
+ * Describes the message dsat.v1.TopologyRequest.
+ * Use `create(TopologyRequestSchema)` to create a new message.
+ */
+export declare const TopologyRequestSchema: GenMessage<TopologyRequest>;
+
+/**
+ * @generated from message dsat.v1.WatchTopologyRequest
+ */
+export declare type WatchTopologyRequest = Message<"dsat.v1.WatchTopologyRequest"> & {
+  /**
+   * Time between two responses, in milliseconds (0: 1000; at least 100).
+   *
+   * @generated from field: uint32 interval_ms = 1;
+   */
+  intervalMs: number;
+};
+
+/**
+ * Describes the message dsat.v1.WatchTopologyRequest.
+ * Use `create(WatchTopologyRequestSchema)` to create a new message.
+ */
+export declare const WatchTopologyRequestSchema: GenMessage<WatchTopologyRequest>;
+
+/**
+ * RouterTopology is one router's view of its workers, or why it did not answer.
+ *
+ * @generated from message dsat.v1.RouterTopology
+ */
+export declare type RouterTopology = Message<"dsat.v1.RouterTopology"> & {
+  /**
+   * @generated from field: string router_id = 1;
+   */
+  routerId: string;
+
+  /**
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * What the router's ListWorkers answered (unset when it did not answer).
+   *
+   * @generated from field: dsat.v1.ListWorkersResponse workers = 3;
+   */
+  workers?: ListWorkersResponse | undefined;
+
+  /**
+   * Set when the router did not answer in time: a message for a person.
+   *
+   * @generated from field: string error = 4;
+   */
+  error: string;
+};
+
+/**
+ * Describes the message dsat.v1.RouterTopology.
+ * Use `create(RouterTopologySchema)` to create a new message.
+ */
+export declare const RouterTopologySchema: GenMessage<RouterTopology>;
+
+/**
+ * StageLoad sums one stage over every router (each worker counted once).
+ *
+ * @generated from message dsat.v1.StageLoad
+ */
+export declare type StageLoad = Message<"dsat.v1.StageLoad"> & {
+  /**
+   * @generated from field: string stage = 1;
+   */
+  stage: string;
+
+  /**
+   * Connected workers serving the stage.
+   *
+   * @generated from field: uint32 workers = 2;
+   */
+  workers: number;
+
+  /**
+   * @generated from field: uint32 in_flight = 3;
+   */
+  inFlight: number;
+
+  /**
+   * @generated from field: uint32 capacity = 4;
+   */
+  capacity: number;
+
+  /**
+   * Tasks waiting for a free worker, summed over routers.
+   *
+   * @generated from field: uint32 queued = 5;
+   */
+  queued: number;
+
+  /**
+   * Mean of the workers' average run time, in milliseconds (0 when none reported).
+   *
+   * @generated from field: double avg_run_ms = 6;
+   */
+  avgRunMs: number;
+};
+
+/**
+ * Describes the message dsat.v1.StageLoad.
+ * Use `create(StageLoadSchema)` to create a new message.
+ */
+export declare const StageLoadSchema: GenMessage<StageLoad>;
+
+/**
+ * @generated from message dsat.v1.TopologyResponse
+ */
+export declare type TopologyResponse = Message<"dsat.v1.TopologyResponse"> & {
+  /**
+   * Every member registered in etcd.
+   *
+   * @generated from field: repeated dsat.v1.Member members = 1;
+   */
+  members: Member[];
+
+  /**
+   * @generated from field: repeated dsat.v1.RouterTopology routers = 2;
+   */
+  routers: RouterTopology[];
+
+  /**
+   * @generated from field: repeated dsat.v1.StageLoad stages = 3;
+   */
+  stages: StageLoad[];
+};
+
+/**
+ * Describes the message dsat.v1.TopologyResponse.
+ * Use `create(TopologyResponseSchema)` to create a new message.
+ */
+export declare const TopologyResponseSchema: GenMessage<TopologyResponse>;
+
+/**
  * StatusService keeps task states in etcd, serialized per task and safe under concurrency.
  *
  * @generated from service dsat.v1.StatusService
@@ -374,6 +520,31 @@ export declare const StatusService: GenService<{
     methodKind: "unary";
     input: typeof ClaimTasksRequestSchema;
     output: typeof ClaimTasksResponseSchema;
+  },
+  /**
+   * Topology tells what the mesh looks like now: the members in etcd, how each router
+   * sees its workers, and the load of each stage.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   *
+   * @generated from rpc dsat.v1.StatusService.Topology
+   */
+  topology: {
+    methodKind: "unary";
+    input: typeof TopologyRequestSchema;
+    output: typeof TopologyResponseSchema;
+  },
+  /**
+   * WatchTopology sends a Topology every interval_ms until the caller ends the call.
+   * It answers with the same message as Topology, so one renderer reads both.
+   * buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   *
+   * @generated from rpc dsat.v1.StatusService.WatchTopology
+   */
+  watchTopology: {
+    methodKind: "server_streaming";
+    input: typeof WatchTopologyRequestSchema;
+    output: typeof TopologyResponseSchema;
   },
 }>;
 
