@@ -218,3 +218,21 @@ test.serial("dead letters: List finds failed tasks with their input, and dsat re
   t.is(running.status, 1);
   t.regex(running.stderr, /is SUCCEEDED: only a task that FAILED, TIMED_OUT or was CANCELLED can be retried/);
 });
+
+test.serial("a task keeps the pipeline version it was submitted with when the pipeline changes mid-flight", async (t) => {
+  const v1 = await mesh.client.applyPipeline({ name: "versioned", stages: [{ name: "hold" }] });
+  const early = await mesh.client.submit("versioned", { ms: 1200 });
+  await waitFor(async () => (await mesh.client.getState(early)).stages[0]?.state === State.RUNNING, { what: "the first task to run" });
+  const v2 = await mesh.client.applyPipeline({ name: "versioned", stages: [{ name: "hold" }, { name: "echo" }] });
+  t.is(v2.pipeline.version, v1.pipeline.version + 1n);
+  const late = await mesh.client.run("versioned", { ms: 1 });
+  const ended = await waitFor(async () => {
+    const s = await mesh.client.getState(early);
+    return s.state === State.SUCCEEDED ? s : undefined;
+  }, { timeoutMs: 15_000, what: "the first task to end" });
+  t.is(ended.task?.pipelineVersion, v1.pipeline.version);
+  t.deepEqual(ended.stages.map((s) => s.name), ["hold"], "the first task ran version 1: hold only");
+  const lateState = await mesh.client.getState(late.taskId);
+  t.is(lateState.task?.pipelineVersion, v2.pipeline.version);
+  t.deepEqual(lateState.stages.map((s) => s.name), ["hold", "echo"], "a task submitted after the change runs version 2");
+});
