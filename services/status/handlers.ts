@@ -98,45 +98,12 @@ export class StatusHandlers {
       const keys = await this.#etcd.getAll().prefix(routers).keys();
       live = new Set(keys.map((k) => k.slice(routers.length)));
     }
-    const prefix = this.#keys.tasks();
-    const end = prefixEnd(Buffer.from(prefix));
-    let from: Buffer = Buffer.from(prefix);
-    if (req.pageToken) {
-      const after = Buffer.from(req.pageToken, "base64url");
-      if (!after.toString().startsWith(prefix) || after.length <= prefix.length) {
-        throw dsatError(Code.InvalidArgument, "page_token is not one that ClaimTasks returned");
-      }
-      from = keyAfter(after);
-    }
-    const candidates: { taskId: string; from: string }[] = [];
-    let scanned = 0;
-    let next = "";
-    for (;;) {
-      const res = await this.#etcd.kv.range({ key: from, range_end: end, limit: SCAN_CHUNK_KEYS });
-      let stoppedAt: Buffer | undefined;
-      for (const kv of res.kvs) {
-        scanned++;
-        const s = fromBinary(TaskStateSchema, kv.value);
-        const owner = s.routerId;
-        const orphan = req.fromRouterId ? owner === req.fromRouterId : owner !== to && !live?.has(owner);
-        if (orphan && !isTaskTerminal(s.state) && s.task) candidates.push({ taskId: s.task.id, from: owner });
-        if (candidates.length === pageSize) {
-          stoppedAt = kv.key;
-          break;
-        }
-      }
-      const last = res.kvs[res.kvs.length - 1];
-      if (stoppedAt) {
-        next = pageToken(stoppedAt);
-        break;
-      }
-      if (!res.more || !last) break;
-      if (scanned >= MAX_SCAN_KEYS) {
-        next = pageToken(last.key);
-        break;
-      }
-      from = keyAfter(last.key);
-    }
+    const { matches, nextPageToken: next } = await this.#scanTasks(req.pageToken, "ClaimTasks", pageSize, (s) => {
+      const owner = s.routerId;
+      const orphan = req.fromRouterId ? owner === req.fromRouterId : owner !== to && !live?.has(owner);
+      return orphan && !isTaskTerminal(s.state) && s.task !== undefined;
+    });
+    const candidates = matches.map((s) => ({ taskId: s.task?.id ?? "", from: s.routerId }));
     const states = candidates.length > 0 ? await this.#store.claim(candidates, to) : [];
     const tasks = states.filter((x): x is TaskState => x !== undefined);
     if (tasks.length > 0) this.#log.info("tasks claimed", { to, from: req.fromRouterId || "(unregistered)", tasks: tasks.length });
@@ -241,18 +208,36 @@ export class StatusHandlers {
 
   async #list(req: ListRequest): Promise<MessageInitShape<typeof ListResponseSchema>> {
     const pageSize = req.pageSize === 0 ? DEFAULT_PAGE_SIZE : Math.min(req.pageSize, MAX_PAGE_SIZE);
+    const states = new Set(req.states);
+    const { matches, nextPageToken } = await this.#scanTasks(req.pageToken, "List", pageSize, (s) =>
+      (!req.pipeline || s.task?.pipeline === req.pipeline) && (states.size === 0 || states.has(s.state)),
+    );
+    for (const s of matches) s.history = [];
+    return { tasks: matches, nextPageToken };
+  }
+
+  /**
+   * Reads task records in key order from after `token`, keeping those `pick` wants, until
+   * `pageSize` are kept or the records end. Bounded work per call: after MAX_SCAN_KEYS records
+   * it stops with a token even if the page is short (a short page with a token is a right answer).
+   */
+  async #scanTasks(
+    token: string,
+    method: string,
+    pageSize: number,
+    pick: (s: TaskState) => boolean,
+  ): Promise<{ matches: TaskState[]; nextPageToken: string }> {
     const prefix = this.#keys.tasks();
     const end = prefixEnd(Buffer.from(prefix));
     let from: Buffer = Buffer.from(prefix);
-    if (req.pageToken) {
-      const after = Buffer.from(req.pageToken, "base64url");
+    if (token) {
+      const after = Buffer.from(token, "base64url");
       if (!after.toString().startsWith(prefix) || after.length <= prefix.length) {
-        throw dsatError(Code.InvalidArgument, "page_token is not one that List returned");
+        throw dsatError(Code.InvalidArgument, `page_token is not one that ${method} returned`);
       }
       from = keyAfter(after);
     }
-    const states = new Set(req.states);
-    const tasks: TaskState[] = [];
+    const matches: TaskState[] = [];
     let scanned = 0;
     for (;;) {
       const res = await this.#etcd.kv.range({
@@ -263,19 +248,16 @@ export class StatusHandlers {
       for (const [i, kv] of res.kvs.entries()) {
         scanned++;
         const s = fromBinary(TaskStateSchema, kv.value);
-        if (req.pipeline && s.task?.pipeline !== req.pipeline) continue;
-        if (states.size > 0 && !states.has(s.state)) continue;
-        s.history = [];
-        tasks.push(s);
-        if (tasks.length === pageSize) {
+        if (!pick(s)) continue;
+        matches.push(s);
+        if (matches.length === pageSize) {
           const more = i < res.kvs.length - 1 || res.more;
-          return { tasks, nextPageToken: more ? pageToken(kv.key) : "" };
+          return { matches, nextPageToken: more ? pageToken(kv.key) : "" };
         }
       }
       const last = res.kvs[res.kvs.length - 1];
-      if (!res.more || !last) return { tasks, nextPageToken: "" };
-      // Bounded work per call: a short page with a token is still a right answer.
-      if (scanned >= MAX_SCAN_KEYS) return { tasks, nextPageToken: pageToken(last.key) };
+      if (!res.more || !last) return { matches, nextPageToken: "" };
+      if (scanned >= MAX_SCAN_KEYS) return { matches, nextPageToken: pageToken(last.key) };
       from = keyAfter(last.key);
     }
   }
