@@ -126,7 +126,7 @@ const at = (events: string[], prefix: string) => events.findIndex((e) => e.start
 test.serial("every server answers Check with SERVING once registered, for itself and each of its services", async (t) => {
   const { worker } = await holdingWorker("check");
   const servers = [
-    { kind: "router", address: router.address, key: keys.member("router", router.id), services: ["dsat.v1.RouterService"] },
+    { kind: "router", address: router.address, key: keys.member("router", router.id), services: ["dsat.v1.RouterService", "dsat.v1.WorkerService"] },
     { kind: "worker", address: worker.address, key: keys.member("worker", worker.id), services: ["dsat.v1.WorkerService"] },
     {
       kind: "status",

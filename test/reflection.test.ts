@@ -29,7 +29,7 @@ let worker: Worker;
 
 /** The servers under test: each with the dsat services it serves. */
 const servers = (): { kind: string; address: string; services: DescService[] }[] => [
-  { kind: "router", address: router.address, services: [RouterService] },
+  { kind: "router", address: router.address, services: [RouterService, WorkerService] },
   { kind: "worker", address: worker.address, services: [WorkerService] },
   { kind: "status", address: status.address, services: [StatusService, PipelineService] },
 ];

@@ -14,6 +14,8 @@ export interface ServiceFlags {
   prefix: string;
   /** --lease-ttl, DSAT_LEASE_TTL: lease time to live in seconds. */
   leaseTtlSeconds: number;
+  /** --satellite, DSAT_SATELLITE: the satellite this member belongs to ("" by default). */
+  satellite: string;
   /** --id: member id. */
   id: string | undefined;
   /** --max-tasks: routers' task limit. */
@@ -55,6 +57,7 @@ export async function runService(
       prefix: { type: "string" },
       "lease-ttl": { type: "string" },
       id: { type: "string" },
+      satellite: { type: "string" },
       "max-tasks": { type: "string" },
       "metrics-port": { type: "string" },
     },
@@ -68,6 +71,7 @@ export async function runService(
     prefix: str(values.prefix) ?? process.env.DSAT_PREFIX ?? "/dsat/v1/",
     leaseTtlSeconds: Number(str(values["lease-ttl"]) ?? process.env.DSAT_LEASE_TTL ?? 5),
     id: str(values.id),
+    satellite: str(values.satellite) ?? process.env.DSAT_SATELLITE ?? "",
     maxTasks: str(values["max-tasks"]) ? Number(values["max-tasks"]) : undefined,
     metrics: undefined,
     rest: values as Record<string, string | boolean | undefined>,

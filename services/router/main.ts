@@ -8,9 +8,11 @@ await runService("router", async (flags) => {
     port: flags.port,
     prefix: flags.prefix,
     leaseTtlSeconds: flags.leaseTtlSeconds,
+    satellite: flags.satellite,
+    ...(typeof flags.rest["stage-wait-ms"] === "string" ? { stageWaitMs: Number(flags.rest["stage-wait-ms"]) } : {}),
     ...(flags.id ? { id: flags.id } : {}),
     ...(flags.maxTasks ? { maxTasks: flags.maxTasks } : {}),
     ...(flags.metrics ? { metrics: flags.metrics } : {}),
   });
   return { id: router.id, address: router.address, close: () => router.close(), drain: () => router.drain() };
-});
+}, ["stage-wait-ms"]);

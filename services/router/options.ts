@@ -28,6 +28,14 @@ export interface RouterOptions {
   drainTimeoutMs: number;
   /** The protocol version announced. Default DSAT_VERSION; change it only to test refusals. */
   protocolVersion: string;
+  /** The satellite this router belongs to. Default "" (the default satellite). */
+  satellite: string;
+  /**
+   * How long a task may wait at a stage that no worker serves (here or in another
+   * satellite) before it fails with UNAVAILABLE, in milliseconds. Default 0: it waits,
+   * bounded only by maxTasks.
+   */
+  stageWaitMs: number;
   logger: Logger;
   /** Where the router's metrics go (a process serves them, see services/common/metrics.ts). Default none: no metrics. */
   metrics?: MetricsRegistry;
@@ -44,4 +52,6 @@ export const DEFAULT_ROUTER_OPTIONS = Object.freeze({
   defaultStageTimeoutMs: 30_000,
   maxLostWorkerRedeliveries: 5,
   drainTimeoutMs: 30_000,
+  satellite: "",
+  stageWaitMs: 0,
 });

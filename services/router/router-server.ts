@@ -33,6 +33,9 @@ import {
   encodePayload,
   PipelineSchema,
   PrefixWatch,
+  type ProcessRequest,
+  type ProcessResponseSchema,
+  WorkerService,
   Registration,
   RoundRobin,
   RouterService,
@@ -54,6 +57,7 @@ import {
   toDsatError,
   addService,
 } from "@dsat/sdk";
+import type * as grpc from "@grpc/grpc-js";
 import type { Etcd3 } from "etcd3";
 import { submitStreamHandler } from "./handlers.ts";
 import { DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
@@ -108,6 +112,10 @@ export class RouterServer {
   readonly #queuedTask = new WeakMap<StageRun, TaskRun>();
   /** Workers refused, by member key: why. */
   readonly #refused = new Map<string, { member: Member; error: ConnectError }>();
+  /** Assignments from routers of other satellites, by attempt key. */
+  readonly #proxied = new Map<string, ProxyItem>();
+  /** Of those, the ones waiting for a local worker, per stage. */
+  readonly #proxyQueue = new Map<string, ProxyItem[]>();
   /** Streams that broke in a row, by member key: how long to wait before dialling again. */
   readonly #redials = new Map<string, number>();
   readonly #resultListeners = new Map<string, Set<(r: TaskResult) => void>>();
@@ -169,6 +177,7 @@ export class RouterServer {
       kind: MemberKind.ROUTER,
       address: this.address,
       version: init.opts.protocolVersion,
+      satellite: init.opts.satellite,
       startedAt: timestampNow(),
       pid: process.pid,
       host: hostname(),
@@ -197,8 +206,11 @@ export class RouterServer {
     const etcd = typeof opts.etcd === "string" ? connectEtcd({ endpoints: opts.etcd }) : opts.etcd;
     let router: RouterServer | undefined;
     const server = await startGrpcServer(
-      [RouterService],
-      (s) =>
+      [RouterService, WorkerService],
+      (s) => {
+        // A router is the gateway of its satellite: routers of other satellites reach the
+        // stages served here through it, as if it were a worker of each.
+        addService(s, WorkerService, { process: (call) => (router as RouterServer).serveGateway(call) });
         addService(s, RouterService, {
           submit: (req, call) => (router as RouterServer).submit(adoptTraceMetadata(req, call.metadata)),
           submitStream: (call) => submitStreamHandler(router as RouterServer, call),
@@ -207,7 +219,8 @@ export class RouterServer {
             return {};
           },
           listWorkers: async () => (router as RouterServer).listWorkers(),
-        }),
+        });
+      },
       { host: opts.host, port: opts.port, maxMessageBytes: opts.maxPayloadBytes + 64 * 1024 },
     );
     router = new RouterServer({ opts, log, etcd, ownEtcd, server });
@@ -246,7 +259,19 @@ export class RouterServer {
     // Routers that leave the mesh leave their unfinished tasks to the others; tasks of
     // routers that were gone before this one started are claimed now.
     this.#routers.on("down", (m: Member) => {
-      if (m.id !== this.id) void this.#claimFrom(m.id);
+      // A router whose record comes back soon only re-registered (etcd restarted, a lost
+      // lease): claim only from one still gone a lease TTL later. Fencing keeps either
+      // choice safe; the wait saves moving tasks back and forth.
+      if (m.id !== this.id) {
+        setTimeout(() => {
+          const back = [...this.#routers.members.values()].some((r) => r.id === m.id);
+          if (!back) void this.#claimFrom(m.id);
+        }, this.#opts.leaseTtlSeconds * 1000).unref();
+      }
+      if (m.satellite !== this.#opts.satellite) this.#syncGateways();
+    });
+    this.#routers.on("up", (m: Member) => {
+      if (m.satellite !== this.#opts.satellite) this.#syncGateways();
     });
     await this.#routers.start();
     void this.#claimFrom("");
@@ -296,6 +321,10 @@ export class RouterServer {
   // ------------------------------------------------------------------ workers
 
   #workerUp(m: Member): void {
+    if (m.satellite !== this.#opts.satellite) {
+      this.#syncGateways();
+      return;
+    }
     const key = this.#keys.member("worker", m.id);
     const existing = this.#links.get(key);
     if (existing && existing.member.address === m.address && !existing.closed) {
@@ -317,6 +346,7 @@ export class RouterServer {
     }
     this.#refused.delete(key);
     this.#connect(key, m);
+    this.#syncGateways();
   }
 
   #connect(key: string, m: Member): void {
@@ -335,6 +365,10 @@ export class RouterServer {
   }
 
   #workerDown(m: Member): void {
+    if (m.satellite !== this.#opts.satellite) {
+      this.#syncGateways();
+      return;
+    }
     const key = this.#keys.member("worker", m.id);
     this.#refused.delete(key);
     const link = this.#links.get(key);
@@ -353,9 +387,16 @@ export class RouterServer {
     } else if (err && !this.#closed) {
       this.#log.warn("worker stream broke", { worker: link.member.id, error: err.rawMessage, inFlight: link.inFlight.size });
     }
-    // What the worker had not finished goes to another worker of the stage.
-    for (const a of link.inFlight.values()) this.#lostAttempt(a, link);
+    // What the worker had not finished goes to another worker of the stage (for an
+    // assignment from another satellite, its router decides).
+    for (const a of link.inFlight.values()) {
+      const px = this.#proxied.get(WorkerLink.key(a.task?.id ?? "", a.stage, a.attempt));
+      if (px && px.link === link) this.#proxyLost(px, `worker ${link.member.id} was lost while it ran the task`);
+      else this.#lostAttempt(a, link);
+    }
     link.inFlight.clear();
+    // A gateway whose stream broke is dialled again if the other satellite still needs it.
+    if (link.gateway && !this.#closed) setTimeout(() => this.#syncGateways(), 500).unref();
     // A worker still in etcd whose stream broke for another reason is dialled again.
     const m = this.#workers.members.get(key);
     if (m && !this.#closed && err?.code !== Code.FailedPrecondition && !link.leaving) {
@@ -368,13 +409,164 @@ export class RouterServer {
     } else this.#redials.delete(key);
   }
 
+  // ------------------------------------------------------------------ satellites
+
+  /**
+   * Keeps one gateway link per router of another satellite and per stage that only that
+   * satellite serves: a WorkerLink to that router, whose capacity is the sum of that
+   * satellite's workers of the stage. Stages served here never use a gateway.
+   */
+  #syncGateways(): void {
+    if (this.#closed) return;
+    const mine = this.#opts.satellite;
+    const localStages = new Set<string>();
+    const remote = new Map<string, Map<string, number>>(); // satellite -> stage -> capacity
+    for (const w of this.#workers.members.values()) {
+      if (!isCompatible(w.version, this.#opts.protocolVersion)) continue;
+      if (w.satellite === mine) localStages.add(w.stage);
+      else {
+        let stages = remote.get(w.satellite);
+        if (!stages) remote.set(w.satellite, (stages = new Map()));
+        stages.set(w.stage, (stages.get(w.stage) ?? 0) + Math.max(1, w.capacity));
+      }
+    }
+    const wanted = new Map<string, Member>();
+    for (const r of this.#routers.members.values()) {
+      if (r.satellite === mine || r.draining || !isCompatible(r.version, this.#opts.protocolVersion)) continue;
+      for (const [stage, capacity] of remote.get(r.satellite) ?? []) {
+        if (localStages.has(stage)) continue;
+        const m = create(MemberSchema, { ...r, stage, capacity, kind: MemberKind.ROUTER });
+        wanted.set(`gateway/${r.id}/${stage}`, m);
+      }
+    }
+    for (const [key, link] of this.#links) {
+      if (!link.gateway) continue;
+      const w = wanted.get(key);
+      if (!w) {
+        link.leaving = true;
+        if (link.inFlight.size === 0) link.close();
+      } else link.member.capacity = w.capacity;
+    }
+    for (const [key, m] of wanted) {
+      const existing = this.#links.get(key);
+      if (existing && !existing.closed && !existing.leaving) continue;
+      this.#connect(key, m);
+      const link = this.#links.get(key);
+      if (link) link.gateway = true;
+      this.#log.info("gateway to another satellite", { satellite: m.satellite, router: m.id, stage: m.stage });
+    }
+  }
+
+  /**
+   * Serves WorkerService for routers of other satellites: each assignment runs on a local
+   * worker of its stage (queued while none has a slot), and that worker's transitions go
+   * back up the stream, so the router that drives the task records them as they are.
+   */
+  serveGateway(call: grpc.ServerDuplexStream<ProcessRequest, MessageInitShape<typeof ProcessResponseSchema>>): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const routerVersion = String(call.metadata.get("dsat-version")[0] ?? "");
+      const from = String(call.metadata.get("dsat-router-id")[0] ?? "a router");
+      if (routerVersion && !isCompatible(routerVersion, this.#opts.protocolVersion)) {
+        reject(
+          dsatError(
+            Code.FailedPrecondition,
+            `router ${from} runs dsat ${routerVersion} but router ${this.id} runs ${this.#opts.protocolVersion}: their X.Y must match`,
+          ),
+        );
+        return;
+      }
+      const up: Upstream = { call, closed: false };
+      call.write({ hello: this.#registration.member });
+      call.on("data", (req: ProcessRequest) => {
+        for (const a of req.assignments) {
+          const key = WorkerLink.key(a.task?.id ?? "", a.stage, a.attempt);
+          if (this.#proxied.has(key)) continue;
+          const item: ProxyItem = { key, a, up, link: undefined, state: State.DISPATCHED };
+          this.#proxied.set(key, item);
+          let q = this.#proxyQueue.get(a.stage);
+          if (!q) this.#proxyQueue.set(a.stage, (q = []));
+          q.push(item);
+          this.#pump(a.stage);
+        }
+        for (const c of req.cancels) {
+          const px = this.#proxied.get(WorkerLink.key(c.taskId, c.stage, c.attempt));
+          if (!px) continue;
+          if (px.link) px.link.cancel(c);
+          else this.#proxyTransition(px, create(TransitionSchema, {
+            taskId: c.taskId, stage: c.stage, attempt: c.attempt, from: px.state, to: State.CANCELLED,
+            time: timestampNow(), memberId: this.id,
+            error: { code: codeName(Code.Canceled), message: c.reason || "cancelled" },
+          }));
+        }
+      });
+      let ended = false;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        up.closed = true;
+        // The router upstream is gone: what it sent here stops.
+        for (const px of [...this.#proxied.values()]) {
+          if (px.up !== up) continue;
+          this.#proxied.delete(px.key);
+          const q = this.#proxyQueue.get(px.a.stage);
+          const i = q?.indexOf(px) ?? -1;
+          if (q && i >= 0) q.splice(i, 1);
+          if (px.link) {
+            px.link.cancel(create(CancelSchema, { taskId: px.a.task?.id ?? "", stage: px.a.stage, attempt: px.a.attempt, reason: `router ${from} went away` }));
+            px.link.settle(px.a.task?.id ?? "", px.a.stage, px.a.attempt);
+            this.#pump(px.a.stage);
+          }
+        }
+        resolve();
+      };
+      call.on("end", end);
+      call.on("cancelled", end);
+      call.on("error", end);
+    });
+  }
+
+  #proxyTo(px: ProxyItem, link: WorkerLink): void {
+    px.link = link;
+    link.assign(px.a);
+  }
+
+  #proxyTransition(px: ProxyItem, t: Transition): void {
+    px.state = t.to;
+    if (!px.up.closed) px.up.call.write({ transitions: [t] });
+    const terminal = t.to === State.SUCCEEDED || t.to === State.FAILED || t.to === State.TIMED_OUT || t.to === State.CANCELLED;
+    if (!terminal) return;
+    this.#proxied.delete(px.key);
+    if (px.link) {
+      px.link.settle(t.taskId, t.stage, t.attempt);
+      this.#pump(px.a.stage);
+    }
+  }
+
+  #proxyLost(px: ProxyItem, message: string): void {
+    const error = create(TaskErrorSchema, { code: codeName(Code.Unavailable), message, retryable: true });
+    this.#proxyTransition(px, create(TransitionSchema, {
+      taskId: px.a.task?.id ?? "", stage: px.a.stage, attempt: px.a.attempt, from: px.state, to: State.FAILED,
+      time: timestampNow(), memberId: this.id, error,
+    }));
+  }
+
   /** Picks links for queued stage runs while there are both. */
   #pump(stage: string): void {
-    const queue = this.#queues.get(stage);
     const rr = this.#rotation.get(stage);
-    if (!queue || queue.length === 0 || !rr) return;
+    if (!rr) return;
+    const local = (l: WorkerLink) => l.available && !l.gateway;
+    // Assignments from routers of other satellites go to local workers only, in order.
+    const proxied = this.#proxyQueue.get(stage);
+    while (proxied && proxied.length > 0) {
+      const link = rr.pick(local);
+      if (!link) break;
+      this.#proxyTo(proxied.shift() as ProxyItem, link);
+    }
+    const queue = this.#queues.get(stage);
+    if (!queue || queue.length === 0) return;
+    const hasLocal = rr.items.some((l) => !l.gateway && !l.leaving && !l.closed);
     while (queue.length > 0) {
-      const link = rr.pick((l) => l.available);
+      const link = rr.pick((l) => l.available && (!l.gateway || !hasLocal));
       if (!link) return;
       const sr = queue.shift() as StageRun;
       const run = this.#queuedTask.get(sr);
@@ -532,9 +724,39 @@ export class RouterServer {
     this.#queuedTask.set(sr, run);
     this.#telemetry?.enqueued(run.task.id, sr.name);
     this.#pump(sr.name);
+    if (this.#opts.stageWaitMs > 0 && sr.state !== State.DISPATCHED) this.#armWait(run, sr);
+  }
+
+  /** Fails a task that waited stageWaitMs at a stage that no worker serves (a satellite gone). */
+  #armWait(run: TaskRun, sr: StageRun): void {
+    if (sr.waitTimer) clearTimeout(sr.waitTimer);
+    sr.waitTimer = setTimeout(() => {
+      sr.waitTimer = undefined;
+      if (this.#tasks.get(run.task.id) !== run || (sr.state !== State.PENDING && sr.state !== State.RETRYING)) return;
+      const served = this.#rotation.get(sr.name)?.items.some((l) => !l.closed && !l.leaving);
+      if (served) {
+        this.#armWait(run, sr); // Workers exist, only busy: back-pressure, not absence.
+        return;
+      }
+      const q = this.#queues.get(sr.name);
+      const i = q?.indexOf(sr) ?? -1;
+      if (q && i >= 0) q.splice(i, 1);
+      const error = create(TaskErrorSchema, {
+        code: codeName(Code.Unavailable),
+        message: `no worker serves stage "${sr.name}" (waited ${this.#opts.stageWaitMs} ms)`,
+        retryable: true,
+      });
+      this.#reporter.send(this.#transition(run, sr, sr.state, State.FAILED, { error }));
+      sr.state = State.FAILED;
+      run.active--;
+      this.#finish(run, State.FAILED, undefined, error);
+    }, this.#opts.stageWaitMs);
+    sr.waitTimer.unref();
   }
 
   #dispatch(run: TaskRun, sr: StageRun, link: WorkerLink): void {
+    if (sr.waitTimer) clearTimeout(sr.waitTimer);
+    sr.waitTimer = undefined;
     const from = sr.state;
     sr.state = State.DISPATCHED;
     sr.link = link;
@@ -557,6 +779,11 @@ export class RouterServer {
   }
 
   #onWorkerTransition(link: WorkerLink, t: Transition): void {
+    const px = this.#proxied.get(WorkerLink.key(t.taskId, t.stage, t.attempt));
+    if (px && px.link === link) {
+      this.#proxyTransition(px, t);
+      return;
+    }
     const run = this.#tasks.get(t.taskId);
     const sr = run?.stages.get(t.stage);
     const terminal = t.to === State.SUCCEEDED || t.to === State.FAILED || t.to === State.TIMED_OUT || t.to === State.CANCELLED;
@@ -771,6 +998,7 @@ export class RouterServer {
     const error = create(TaskErrorSchema, { code: codeName(Code.Canceled), message: reason });
     for (const sr of run.stages.values()) {
       if (sr.retryTimer) clearTimeout(sr.retryTimer);
+      if (sr.waitTimer) clearTimeout(sr.waitTimer);
       switch (sr.state) {
         case State.PENDING:
         case State.RETRYING:
@@ -881,7 +1109,10 @@ export class RouterServer {
   /** Drives on a task claimed from another router, from where StatusService saw it last. */
   async #resume(state: TaskState): Promise<void> {
     const task = state.task;
-    if (!task || this.#tasks.has(task.id) || isTaskTerminal(state.state)) return;
+    if (!task || isTaskTerminal(state.state)) return;
+    // Claimed back while this router still held it (it was claimed away meanwhile, and the
+    // other router moved it on): what StatusService says is right, not what is in memory.
+    if (this.#tasks.has(task.id)) this.#forget(task.id, "claimed back; going on from StatusService");
     const pipeline = await this.#pipelines.version(task.pipeline, task.pipelineVersion);
     const run: TaskRun = {
       task,
@@ -1000,24 +1231,9 @@ export class RouterServer {
 
   /** Forgets a task that another router drives now (it was claimed): no report, no result. */
   #drop(taskId: string, reason: string): void {
-    const run = this.#tasks.get(taskId);
-    if (!run) return;
+    if (!this.#tasks.has(taskId)) return;
     this.#log.warn("a task moved to another router; dropping it here", { task: taskId, reason });
-    this.#tasks.delete(taskId);
-    this.#wakeRoomWaiters();
-    this.#telemetry?.dropped(taskId, reason);
-    if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
-    for (const sr of run.stages.values()) {
-      if (sr.retryTimer) clearTimeout(sr.retryTimer);
-      const q = this.#queues.get(sr.name);
-      const i = q?.indexOf(sr) ?? -1;
-      if (q && i >= 0) q.splice(i, 1);
-      if (sr.link) {
-        sr.link.cancel(create(CancelSchema, { taskId, stage: sr.name, attempt: sr.attempt, reason: "the task moved to another router" }));
-        sr.link.settle(taskId, sr.name, sr.attempt);
-        sr.link = undefined;
-      }
-    }
+    this.#forget(taskId, reason);
     const listeners = this.#resultListeners.get(taskId);
     this.#resultListeners.delete(taskId);
     // The client learns that the result will come from StatusService, not from here.
@@ -1027,6 +1243,28 @@ export class RouterServer {
       error: { code: codeName(Code.Aborted), message: reason },
     });
     for (const l of listeners ?? []) l(moved);
+  }
+
+  /** Stops driving a task here: timers, queues, and what its stages run; no report. */
+  #forget(taskId: string, reason: string): void {
+    const run = this.#tasks.get(taskId);
+    if (!run) return;
+    this.#tasks.delete(taskId);
+    this.#wakeRoomWaiters();
+    this.#telemetry?.dropped(taskId, reason);
+    if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
+    for (const sr of run.stages.values()) {
+      if (sr.retryTimer) clearTimeout(sr.retryTimer);
+      if (sr.waitTimer) clearTimeout(sr.waitTimer);
+      const q = this.#queues.get(sr.name);
+      const i = q?.indexOf(sr) ?? -1;
+      if (q && i >= 0) q.splice(i, 1);
+      if (sr.link) {
+        sr.link.cancel(create(CancelSchema, { taskId, stage: sr.name, attempt: sr.attempt, reason }));
+        sr.link.settle(taskId, sr.name, sr.attempt);
+        sr.link = undefined;
+      }
+    }
   }
 
   /** How this router sees the workers. */
@@ -1108,4 +1346,20 @@ export class RouterServer {
   static deadlineFrom(ms: number) {
     return timestampFromMs(ms);
   }
+}
+
+/** The Process stream of a router of another satellite that this router serves. */
+interface Upstream {
+  readonly call: grpc.ServerDuplexStream<ProcessRequest, MessageInitShape<typeof ProcessResponseSchema>>;
+  closed: boolean;
+}
+
+/** One assignment from another satellite's router, run on a local worker. */
+interface ProxyItem {
+  readonly key: string;
+  readonly a: Assignment;
+  readonly up: Upstream;
+  link: WorkerLink | undefined;
+  /** The last state sent up. */
+  state: State;
 }

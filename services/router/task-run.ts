@@ -14,6 +14,8 @@ export interface StageRun {
   link: WorkerLink | undefined;
   lastError: TaskError | undefined;
   retryTimer: NodeJS.Timeout | undefined;
+  /** Armed while it waits at a stage that no worker serves (stageWaitMs). */
+  waitTimer?: NodeJS.Timeout | undefined;
 }
 
 /** One task in flight at this router. */

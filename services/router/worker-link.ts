@@ -40,6 +40,8 @@ export class WorkerLink {
   ready = false;
   /** True when the worker left etcd: no new task goes to it, the stream stays for what runs. */
   leaving = false;
+  /** True for a link to a router of another satellite, standing in for its workers of a stage. */
+  gateway = false;
   closed = false;
   dispatched = 0n;
   /** The last Load the worker reported (undefined until it reports one). */

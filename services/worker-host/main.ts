@@ -26,6 +26,7 @@ await runService("worker", async (flags) => {
     port: flags.port,
     prefix: flags.prefix,
     leaseTtlSeconds: flags.leaseTtlSeconds,
+    satellite: flags.satellite,
     ...(flags.id ? { id: flags.id } : {}),
     ...(typeof flags.rest["protocol-version"] === "string" ? { protocolVersion: flags.rest["protocol-version"] } : {}),
   });

@@ -211,7 +211,11 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
           if (!s) return;
           accepted++;
           const terminals = s.history.filter((h) => h.stage === "" && h.to !== State.PENDING && h.to !== State.RUNNING);
-          if (terminals.length === 0) lost++;
+          if (terminals.length === 0) {
+            lost++;
+            const last = s.history.slice(-4).map((h) => `${h.stage || "task"}#${h.attempt}:${stateName(h.from)}->${stateName(h.to)}@${h.memberId}`);
+            note(`task ${id} never ended: ${stateName(s.state)}, router ${s.routerId}, stages ${s.stages.map((x) => `${x.name}:${stateName(x.state)}`).join(" ")}; last: ${last.join(", ")}`);
+          }
           if (terminals.length > 1) duplicates++;
         }),
       );

@@ -86,6 +86,8 @@ export interface WorkerOptions {
   defaultTimeoutMs: number;
   /** The protocol version announced. Default DSAT_VERSION; change it only to test refusals. */
   protocolVersion: string;
+  /** The satellite this worker belongs to. Default "" (the default satellite). */
+  satellite: string;
   /** How long drain waits for running tasks, in milliseconds. Default 30000. */
   drainTimeoutMs: number;
   logger: Logger;
@@ -403,6 +405,7 @@ export async function createWorker(
     kind: MemberKind.WORKER,
     address: server.address,
     version: opts.protocolVersion,
+    satellite: opts.satellite ?? "",
     stage: opts.stage,
     capacity: opts.concurrency,
     startedAt: timestampNow(),

@@ -89,6 +89,15 @@ export declare type Member = Message<"dsat.v1.Member"> & {
    * @generated from field: bool draining = 11;
    */
   draining: boolean;
+
+  /**
+   * The satellite the member belongs to ("" is the default one). A router dispatches to the
+   * workers of its own satellite, and reaches a stage served only by another satellite
+   * through that satellite's routers.
+   *
+   * @generated from field: string satellite = 12;
+   */
+  satellite: string;
 };
 
 /**
