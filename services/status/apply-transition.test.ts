@@ -55,6 +55,14 @@ test("create of an existing task is a refused duplicate that changes nothing", (
   t.is(s.routerId, "router-1");
 });
 
+test("regression: a create replayed by the router that made it is accepted as a replay (its task, still)", (t) => {
+  const s = created();
+  const r = applyCreate(s, create(TaskSchema, { id: "t1" }), "router-1", NOW);
+  t.true(r.outcome.accepted);
+  t.true(r.outcome.duplicate);
+  t.is(r.state, s);
+});
+
 test("a full one-stage lifecycle moves the stage and the task, with contiguous seqs", (t) => {
   const s = created();
   const steps = [

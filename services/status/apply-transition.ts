@@ -54,6 +54,9 @@ export function applyCreate(
   now: Timestamp,
 ): CreateResult {
   if (existing) {
+    // The same router sending its create again (its first Report was stored, but the answer
+    // was lost with the status server that took it): a replay, and the task is still its own.
+    if (existing.routerId === routerId) return { state: existing, outcome: REPLAYED };
     return { state: existing, outcome: { accepted: false, duplicate: true, reason: `task ${task.id} exists` } };
   }
   if (!task.id) return { state: undefined, outcome: refused("a created task needs an id") };
