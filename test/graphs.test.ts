@@ -20,7 +20,7 @@ test.before(async () => {
   });
   await mesh.client.applyPipeline({
     name: "routes",
-    stages: [{ name: "check" }, { name: "ok" }, { name: "later" }],
+    stages: [{ name: "check", ports: ["ok", "retry-later", "drop"] }, { name: "ok" }, { name: "later" }],
     edges: [
       { from: "check", to: "ok", port: "ok" },
       { from: "check", to: "later", port: "retry-later" },
@@ -29,7 +29,7 @@ test.before(async () => {
   // A diamond whose right branch only follows port "x", which `a2` never uses.
   await mesh.client.applyPipeline({
     name: "half-diamond",
-    stages: [{ name: "a2" }, { name: "b2" }, { name: "c2" }, { name: "d2" }],
+    stages: [{ name: "a2", ports: ["x"] }, { name: "b2" }, { name: "c2" }, { name: "d2" }],
     edges: [
       { from: "a2", to: "b2" },
       { from: "a2", to: "c2", port: "x" },

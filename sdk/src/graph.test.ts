@@ -6,7 +6,8 @@ import { entryStages, findCycle, nextStages, validatePipeline } from "./graph.ts
 const pipeline = (stages: string[], edges: [string, string, string?][] = []) =>
   create(PipelineSchema, {
     name: "p",
-    stages: stages.map((name) => ({ name })),
+    // Each stage declares the ports its edges use.
+    stages: stages.map((name) => ({ name, ports: [...new Set(edges.filter((e) => e[0] === name && e[2]).map((e) => e[2] as string))] })),
     edges: edges.map(([from, to, port]) => ({ from, to, port: port ?? "" })),
   });
 
@@ -36,6 +37,18 @@ test("each fault is named", (t) => {
   t.regex(validatePipeline(create(PipelineSchema, { stages: [{ name: "a" }] })).join(), /no name/);
   t.regex(validatePipeline(pipeline(["a", "b", "c"], [["a", "b"], ["c", "c"]])).join(), /loops on itself/);
   t.regex(validatePipeline(pipeline(["Bad Name"])).join(), /must match/);
+});
+
+test("an edge on a port its stage does not declare is refused, naming the port", (t) => {
+  const p = create(PipelineSchema, {
+    name: "p",
+    stages: [{ name: "a", ports: ["ok"] }, { name: "b" }, { name: "c" }],
+    edges: [
+      { from: "a", to: "b", port: "ok" },
+      { from: "a", to: "c", port: "oops" },
+    ],
+  });
+  t.deepEqual(validatePipeline(p), [`edge a -> c follows port "oops", which stage "a" does not declare (it declares "ok")`]);
 });
 
 test("findCycle returns a closed path", (t) => {

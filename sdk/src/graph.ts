@@ -64,7 +64,15 @@ export function validatePipeline(p: Pipeline): string[] {
   });
   const edges = effectiveEdges(p);
   const seen = new Set<string>();
+  const ports = new Map(p.stages.map((s) => [s.name, new Set(s.ports)]));
   for (const e of edges) {
+    if (e.port && names.has(e.from) && !ports.get(e.from)?.has(e.port)) {
+      const declared = [...(ports.get(e.from) ?? [])];
+      problems.push(
+        `edge ${e.from} -> ${e.to} follows port "${e.port}", which stage "${e.from}" does not declare` +
+          (declared.length > 0 ? ` (it declares ${declared.map((x) => `"${x}"`).join(", ")})` : " (it declares no port)"),
+      );
+    }
     if (!names.has(e.from)) problems.push(`edge ${e.from} -> ${e.to} starts at unknown stage "${e.from}"`);
     if (!names.has(e.to)) problems.push(`edge ${e.from} -> ${e.to} ends at unknown stage "${e.to}"`);
     if (e.from === e.to) problems.push(`edge ${e.from} -> ${e.to} loops on itself`);

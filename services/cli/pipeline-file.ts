@@ -66,6 +66,7 @@ export function pipelineFromDocument(doc: unknown, path: string): PipelineFile {
     const retry = st.retry as Doc | undefined;
     return {
       name: String(st.name ?? ""),
+      ports: Array.isArray(st.ports) ? st.ports.map(String) : [],
       timeout: st.timeout === undefined ? undefined : duration(parseDurationMs(st.timeout, `${where} timeout`)),
       retry: retry
         ? {

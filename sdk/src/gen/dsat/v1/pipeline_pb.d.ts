@@ -72,6 +72,14 @@ export declare type Stage = Message<"dsat.v1.Stage"> & {
    * @generated from field: dsat.v1.RetryPolicy retry = 3;
    */
   retry?: RetryPolicy | undefined;
+
+  /**
+   * Output ports the stage's handler may name besides the default one (""). An edge from
+   * the stage on a port it does not declare is refused at apply.
+   *
+   * @generated from field: repeated string ports = 4;
+   */
+  ports: string[];
 };
 
 /**
