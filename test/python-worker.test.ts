@@ -1,7 +1,6 @@
 // The Python reference worker (examples/python-worker) in a real mesh: real etcd, status,
 // router and TypeScript workers as processes, Python workers as /usr/bin/python3 processes.
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { createInterface } from "node:readline";
+import { spawnSync } from "node:child_process";
 import { create } from "@bufbuild/protobuf";
 import test from "ava";
 import {
@@ -24,7 +23,7 @@ import {
   ServerReflectionRequestSchema,
 } from "../sdk/src/gen/grpc/reflection/v1/reflection_pb.js";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
-import { ROOT, type ServiceProcess } from "./helpers/processes.ts";
+import { ROOT, type ServiceProcess, startProcess } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
 
 interface Trail {
@@ -41,51 +40,12 @@ let mesh: TestMesh;
  * shape as the TypeScript services' ServiceProcess, so tests treat both alike.
  */
 async function startPythonWorker(stage: string, handler: string, extra: string[] = []): Promise<ServiceProcess> {
-  const child: ChildProcess = spawn(
+  const p = await startProcess(
+    `python worker ${stage}`,
     PYTHON,
-    [
-      "examples/python-worker/main.py",
-      "--etcd", mesh.etcd.endpoint,
-      "--lease-ttl", "2",
-      "--stage", stage,
-      "--handler", handler,
-      ...extra,
-    ],
-    { cwd: ROOT, env: { ...process.env, PYTHONDONTWRITEBYTECODE: "1" }, stdio: ["ignore", "pipe", "pipe"] },
+    ["examples/python-worker/main.py", "--etcd", mesh.etcd.endpoint, "--lease-ttl", "2", "--stage", stage, "--handler", handler, ...extra],
+    { PYTHONDONTWRITEBYTECODE: "1", DSAT_EXIT_WITH_PARENT: undefined },
   );
-  let err = "";
-  child.stderr?.on("data", (d: Buffer) => {
-    err = (err + d.toString()).slice(-65536);
-  });
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  const ready = await new Promise<{ kind: string; id: string; address: string; pid: number }>((resolve, reject) => {
-    const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });
-    const timer = setTimeout(() => reject(new Error(`python worker ${stage} did not become ready in 20 s: ${err}`)), 20_000);
-    rl.on("line", (line) => {
-      if (line.startsWith("ready ")) {
-        clearTimeout(timer);
-        resolve(JSON.parse(line.slice(6)));
-      }
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`python worker ${stage} exited with ${code} before it was ready: ${err}`));
-    });
-  });
-  const p: ServiceProcess = {
-    ...ready,
-    child,
-    stderr: () => err,
-    exited,
-    kill9: async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-      await exited;
-    },
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-      await waitFor(() => child.exitCode !== null || child.signalCode !== null, { timeoutMs: 40_000, what: `python worker ${stage} to exit` });
-    },
-  };
   pythonWorkers.push(p);
   return p;
 }

@@ -33,18 +33,28 @@ export interface ServiceProcess {
  * project's Node, and waits for its `ready` line. `env` adds to the test's environment; a
  * variable set to undefined there is removed.
  */
-export async function startService(
+export function startService(
   entry: string,
+  args: string[],
+  env: Record<string, string | undefined> = {},
+): Promise<ServiceProcess> {
+  return startProcess(entry, process.execPath, ["--conditions=@dsat/source", "--disable-warning=ExperimentalWarning", entry, ...args], env);
+}
+
+/**
+ * Starts any program that speaks the service convention (prints one `ready {json}` line on
+ * stdout when it serves) as a child process in the repository root, and waits for that line.
+ * `name` appears in errors.
+ */
+export async function startProcess(
+  name: string,
+  command: string,
   args: string[],
   env: Record<string, string | undefined> = {},
 ): Promise<ServiceProcess> {
   const childEnv: NodeJS.ProcessEnv = { ...process.env, DSAT_EXIT_WITH_PARENT: "1", ...env };
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete childEnv[k];
-  const child = spawn(process.execPath, ["--conditions=@dsat/source", "--disable-warning=ExperimentalWarning", entry, ...args], {
-    cwd: ROOT,
-    env: childEnv,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawn(command, args, { cwd: ROOT, env: childEnv, stdio: ["ignore", "pipe", "pipe"] });
   let err = "";
   child.stderr?.on("data", (d: Buffer) => {
     err = (err + d.toString()).slice(-65536);
@@ -52,7 +62,7 @@ export async function startService(
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   const ready = await new Promise<{ kind: string; id: string; address: string; pid: number; tracing?: boolean; metrics?: string }>((resolve, reject) => {
     const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });
-    const timer = setTimeout(() => reject(new Error(`${entry} did not become ready in 20 s: ${err}`)), 20_000);
+    const timer = setTimeout(() => reject(new Error(`${name} did not become ready in 20 s: ${err}`)), 20_000);
     rl.on("line", (line) => {
       if (line.startsWith("ready ")) {
         clearTimeout(timer);
@@ -61,7 +71,7 @@ export async function startService(
     });
     void exited.then((code) => {
       clearTimeout(timer);
-      reject(new Error(`${entry} exited with ${code} before it was ready: ${err}`));
+      reject(new Error(`${name} exited with ${code} before it was ready: ${err}`));
     });
   });
   return {
@@ -75,7 +85,7 @@ export async function startService(
     },
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-      await waitFor(() => child.exitCode !== null || child.signalCode !== null, { timeoutMs: 40_000, what: `${entry} to exit` });
+      await waitFor(() => child.exitCode !== null || child.signalCode !== null, { timeoutMs: 40_000, what: `${name} to exit` });
     },
   };
 }
