@@ -1,4 +1,4 @@
-import { clone, create } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import {
   isLegalStageTransition,
@@ -8,7 +8,6 @@ import {
   State,
   stateName,
   type Task,
-  TaskSchema,
   type TaskState,
   TaskStateSchema,
   type Transition,
@@ -60,7 +59,8 @@ export function applyCreate(
     return { state: existing, outcome: { accepted: false, duplicate: true, reason: `task ${task.id} exists` } };
   }
   if (!task.id) return { state: undefined, outcome: refused("a created task needs an id") };
-  const t = clone(TaskSchema, task);
+  // Shallow copies: nothing here changes the messages of a request, only fields of the copies.
+  const t: Task = { ...task };
   if (!t.createdAt) t.createdAt = now;
   const first = create(TransitionSchema, {
     taskId: t.id,
@@ -116,7 +116,7 @@ export function applyTransition(
   const problem = transition.stage === "" ? checkTaskLevel(state, transition) : checkStageLevel(state, transition);
   if (problem) return refused(problem);
 
-  const t = clone(TransitionSchema, transition);
+  const t: Transition = { ...transition };
   t.seq = state.seq + 1n;
   if (!t.time) t.time = now;
   state.seq = t.seq;

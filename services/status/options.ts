@@ -29,6 +29,11 @@ export interface StatusOptions {
   maxTxnBytes: number;
   /** Times a batch is re-read and re-applied after another writer changed its tasks. Default 5. */
   maxConflictRetries: number;
+  /**
+   * Batches written at once: tasks are spread over this many lanes by id, each lane writes
+   * one batch at a time (routers use the same lanes). Default 4.
+   */
+  lanes: number;
   /** Deadline of the first etcd call at start, in milliseconds. Default 3000. */
   connectTimeoutMs: number;
   /** Where the server's metrics go (a process serves them, see services/common/metrics.ts). Default none: no metrics. */
@@ -50,6 +55,7 @@ export const DEFAULT_STATUS_OPTIONS: Readonly<StatusOptions> = Object.freeze({
   maxTxnOps: 100,
   maxTxnBytes: 1024 * 1024,
   maxConflictRetries: 5,
+  lanes: 1,
   connectTimeoutMs: 3_000,
 });
 
@@ -72,6 +78,7 @@ export function resolveStatusOptions(options: Partial<StatusOptions> = {}): Stat
   check("maxTxnOps", opts.maxTxnOps, 1, Number.MAX_SAFE_INTEGER);
   check("maxTxnBytes", opts.maxTxnBytes, 1, Number.MAX_SAFE_INTEGER);
   check("maxConflictRetries", opts.maxConflictRetries, 0, Number.MAX_SAFE_INTEGER);
+  check("lanes", opts.lanes, 1, 64);
   check("connectTimeoutMs", opts.connectTimeoutMs, 1, Number.MAX_SAFE_INTEGER);
   return opts;
 }

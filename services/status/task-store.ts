@@ -1,4 +1,4 @@
-import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { clone, create, fromBinary } from "@bufbuild/protobuf";
 import { type Timestamp, timestampNow } from "@bufbuild/protobuf/wkt";
 import {
   Code,
@@ -16,14 +16,16 @@ import {
   type Transition,
 } from "@dsat/sdk";
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IRequestOp } from "etcd3";
+import { laneOf } from "../common/lanes.ts";
 import { type Counter, type Histogram, SIZE_BUCKETS } from "../common/metrics.ts";
 import { applyClaim, applyCreate, applyTransition, type Outcome } from "./apply-transition.ts";
+import { encodeTaskState, type EncodedParts, workingCopy } from "./state-encoding.ts";
 import type { StatusOptions } from "./options.ts";
 
 /** The options a TaskStore uses. */
 export type TaskStoreOptions = Pick<
   StatusOptions,
-  "prefix" | "cacheSize" | "maxTxnOps" | "maxTxnBytes" | "maxConflictRetries" | "metrics"
+  "prefix" | "cacheSize" | "maxTxnOps" | "maxTxnBytes" | "maxConflictRetries" | "lanes" | "metrics"
 >;
 
 /** The answer to one Report: an outcome per created task and per transition, in request order. */
@@ -48,9 +50,11 @@ const TXN_CONCURRENCY = 8;
  * TaskStore keeps task states in etcd (binary dsat.v1.TaskState with its history, at
  * keys.task(id)) and applies reports to them.
  *
- * Reports are serialized and batched: every report queued while the previous batch was
- * being written forms the next batch. A batch is grouped by task, applied in arrival
- * order, and written by transactions of at most maxTxnOps keys and maxTxnBytes, each put
+ * Tasks are spread over `lanes` lanes by id (the hash the routers use), and a report is
+ * split between the lanes of its tasks. Within a lane, reports are serialized and batched:
+ * every report queued while the lane's previous batch was being written forms the next
+ * batch, so lanes write at the same time and a task is only ever in one batch at a time.
+ * A batch is grouped by task, applied in arrival order, and written by transactions of at most maxTxnOps keys and maxTxnBytes, each put
  * fenced by a compare on the key's mod_revision (create_revision 0 for a new key), so
  * that another StatusService writing the same task can never have its write lost: the
  * loser re-reads, re-applies and tries again. A report resolves once every write it
@@ -62,8 +66,7 @@ export class TaskStore {
   readonly #opts: TaskStoreOptions;
   readonly #log: Logger;
   readonly #cache: StateCache;
-  #queue: PendingReport[] = [];
-  #loop: Promise<void> | undefined;
+  readonly #lanes: Lane[];
   #closed = false;
   readonly #txns: Counter | undefined;
   readonly #txnKeys: Histogram | undefined;
@@ -74,6 +77,7 @@ export class TaskStore {
     this.#keys = new Keys(options.prefix);
     this.#log = logger;
     this.#cache = new StateCache(options.cacheSize);
+    this.#lanes = Array.from({ length: Math.max(1, Math.floor(options.lanes)) }, () => ({ queue: [], loop: undefined }));
     this.#txns = options.metrics?.counter(
       "dsat_status_etcd_txns_total",
       "etcd transactions that wrote task states, by result (committed, conflict: a compare failed, error).",
@@ -93,18 +97,7 @@ export class TaskStore {
       return Promise.reject(dsatError(Code.Unavailable, "the status server is shutting down; report to another one"));
     }
     return new Promise<ReportResult>((resolve, reject) => {
-      this.#queue.push({
-        request,
-        created: [],
-        transitions: [],
-        claims: [],
-        remaining: 0,
-        error: undefined,
-        settled: false,
-        resolve,
-        reject,
-      });
-      this.#kick();
+      this.#enqueue(newPending(request, [], resolve, reject));
     });
   }
 
@@ -119,19 +112,46 @@ export class TaskStore {
     }
     return new Promise<(TaskState | undefined)[]>((resolve, reject) => {
       const claims = items.map((it) => ({ ...it, to, state: undefined as TaskState | undefined }));
-      this.#queue.push({
-        request: create(ReportRequestSchema, { routerId: to }),
-        created: [],
-        transitions: [],
-        claims,
-        remaining: 0,
-        error: undefined,
-        settled: false,
-        resolve: () => resolve(claims.map((c) => c.state)),
-        reject,
-      });
-      this.#kick();
+      this.#enqueue(
+        newPending(create(ReportRequestSchema, { routerId: to }), claims, () => resolve(claims.map((c) => c.state)), reject),
+      );
     });
+  }
+
+  /** Splits a report between the lanes of its tasks; what has no task id is answered here. */
+  #enqueue(p: PendingReport): void {
+    const parts = new Map<number, LanePart>();
+    const part = (taskId: string): LanePart => {
+      const lane = this.#lanes.length === 1 ? 0 : laneOf(taskId, this.#lanes.length);
+      let lp = parts.get(lane);
+      if (!lp) {
+        lp = { report: p, created: [], transitions: [], claims: [] };
+        parts.set(lane, lp);
+      }
+      return lp;
+    };
+    const now = timestampNow();
+    const { created, transitions, routerId } = p.request;
+    created.forEach((task, index) => {
+      if (!task.id) p.created[index] = applyCreate(undefined, task, routerId, now).outcome;
+      else part(task.id).created.push(index);
+    });
+    transitions.forEach((transition, index) => {
+      if (!transition.taskId) p.transitions[index] = applyTransition(undefined, transition, now);
+      else part(transition.taskId).transitions.push(index);
+    });
+    p.claims.forEach((c, index) => {
+      part(c.taskId).claims.push(index);
+    });
+    p.lanesLeft = parts.size;
+    if (parts.size === 0) {
+      this.#finish(p);
+      return;
+    }
+    for (const [lane, lp] of parts) {
+      (this.#lanes[lane] as Lane).queue.push(lp);
+      this.#kick(lane);
+    }
   }
 
   /** Reads a task's state from etcd (never from the cache): undefined when there is none. */
@@ -153,33 +173,38 @@ export class TaskStore {
   /** Refuses new reports and waits for the batches already taken to be written. */
   async close(): Promise<void> {
     this.#closed = true;
-    const queued = this.#queue.splice(0);
-    for (const p of queued) {
-      p.settled = true;
-      p.reject(dsatError(Code.Unavailable, "the status server is shutting down; report to another one"));
+    for (const lane of this.#lanes) {
+      for (const lp of lane.queue.splice(0)) {
+        const p = lp.report;
+        if (p.settled) continue;
+        p.settled = true;
+        p.reject(dsatError(Code.Unavailable, "the status server is shutting down; report to another one"));
+      }
     }
-    await this.#loop;
+    await Promise.all(this.#lanes.map((l) => l.loop));
   }
 
-  #kick(): void {
-    if (this.#loop) return;
-    this.#loop = this.#run().finally(() => {
-      this.#loop = undefined;
-      if (this.#queue.length > 0) this.#kick();
+  #kick(index: number): void {
+    const lane = this.#lanes[index] as Lane;
+    if (lane.loop) return;
+    lane.loop = this.#run(lane).finally(() => {
+      lane.loop = undefined;
+      if (lane.queue.length > 0) this.#kick(index);
     });
   }
 
-  async #run(): Promise<void> {
-    while (this.#queue.length > 0) {
+  async #run(lane: Lane): Promise<void> {
+    while (lane.queue.length > 0) {
       // Let the reports that arrived in the same turn of the event loop join this batch.
       await new Promise((resolve) => setImmediate(resolve));
-      const batch = this.#queue.splice(0);
+      const batch = lane.queue.splice(0);
       try {
         await this.#process(batch);
       } catch (err) {
         const e = toDsatError(err);
         this.#log.error("a batch of reports failed", { error: e.message });
-        for (const p of batch) {
+        for (const lp of batch) {
+          const p = lp.report;
           if (p.settled) continue;
           p.settled = true;
           p.reject(e);
@@ -188,7 +213,7 @@ export class TaskStore {
     }
   }
 
-  async #process(batch: PendingReport[]): Promise<void> {
+  async #process(batch: LanePart[]): Promise<void> {
     const groups = new Map<string, TaskGroup>();
     const group = (taskId: string, report: PendingReport): TaskGroup => {
       let g = groups.get(taskId);
@@ -202,21 +227,23 @@ export class TaskStore {
       }
       return g;
     };
-    const now = timestampNow();
-    for (const p of batch) {
+    for (const lp of batch) {
+      const p = lp.report;
       const { created, transitions, routerId } = p.request;
-      created.forEach((task, index) => {
-        if (!task.id) p.created[index] = applyCreate(undefined, task, routerId, now).outcome;
-        else group(task.id, p).ops.push({ kind: "create", report: p, index, task, routerId });
-      });
-      transitions.forEach((transition, index) => {
-        if (!transition.taskId) p.transitions[index] = applyTransition(undefined, transition, now);
-        else group(transition.taskId, p).ops.push({ kind: "transition", report: p, index, transition, routerId });
-      });
-      p.claims.forEach((c, index) => {
+      for (const index of lp.created) {
+        const task = created[index] as Task;
+        group(task.id, p).ops.push({ kind: "create", report: p, index, task, routerId });
+      }
+      for (const index of lp.transitions) {
+        const transition = transitions[index] as Transition;
+        group(transition.taskId, p).ops.push({ kind: "transition", report: p, index, transition, routerId });
+      }
+      for (const index of lp.claims) {
+        const c = p.claims[index] as PendingReport["claims"][number];
         group(c.taskId, p).ops.push({ kind: "claim", report: p, index, from: c.from, to: c.to });
-      });
-      if (p.remaining === 0) this.#finish(p);
+      }
+      p.lanesLeft--;
+      if (p.remaining === 0 && p.lanesLeft === 0) this.#finish(p);
     }
     if (groups.size === 0) return;
 
@@ -281,9 +308,12 @@ export class TaskStore {
     });
   }
 
-  /** Applies a group's operations, in order, to a copy of its base state. */
+  /**
+   * Applies a group's operations, in order, to a working copy of its base state (the
+   * cached state is never changed: a failed or conflicting write leaves it as it was).
+   */
   #apply(g: TaskGroup, now: Timestamp): void {
-    let state = g.base ? clone(TaskStateSchema, g.base.state) : undefined;
+    let state = g.base ? workingCopy(g.base.state) : undefined;
     g.outcomes = [];
     g.write = false;
     g.guard = false;
@@ -306,7 +336,15 @@ export class TaskStore {
       g.outcomes.push(outcome);
     }
     g.next = state;
-    g.value = g.write && state ? Buffer.from(toBinary(TaskStateSchema, state)) : undefined;
+    g.value = undefined;
+    g.parts = undefined;
+    if (g.write && state) {
+      // Only what changed is encoded: the task (with its payload) and the stored history
+      // reuse the bytes of the previous put.
+      const encoded = encodeTaskState(state, g.base?.parts);
+      g.value = encoded.value;
+      g.parts = encoded.parts;
+    }
   }
 
   /** Splits groups into transactions of at most maxTxnOps keys and maxTxnBytes of values. */
@@ -375,7 +413,9 @@ export class TaskStore {
     }
     for (const g of chunk) {
       g.conflicts = 0;
-      if (g.value && g.next) this.#cache.set(g.taskId, { state: g.next, modRevision: res.header.revision });
+      if (g.value && g.next) {
+        this.#cache.set(g.taskId, { state: g.next, modRevision: res.header.revision, parts: g.parts });
+      }
       this.#settle(g);
     }
     return [];
@@ -417,7 +457,7 @@ export class TaskStore {
   #release(g: TaskGroup): void {
     for (const p of g.reports) {
       p.remaining--;
-      if (p.remaining === 0) this.#finish(p);
+      if (p.remaining === 0 && p.lanesLeft === 0) this.#finish(p);
     }
   }
 
@@ -435,12 +475,48 @@ interface PendingReport {
   readonly transitions: Outcome[];
   /** Claims (from ClaimTasks): each gets the task's state once moved. */
   readonly claims: { taskId: string; from: string; to: string; state: TaskState | undefined }[];
-  /** Task groups of the batch that this report waits for. */
+  /** Task groups of the batches that this report waits for. */
   remaining: number;
+  /** Lanes that have not yet taken their part of this report into a batch. */
+  lanesLeft: number;
   error: ConnectError | undefined;
   settled: boolean;
   resolve(result: ReportResult): void;
   reject(err: unknown): void;
+}
+
+function newPending(
+  request: ReportRequest,
+  claims: PendingReport["claims"],
+  resolve: (r: ReportResult) => void,
+  reject: (err: unknown) => void,
+): PendingReport {
+  return {
+    request,
+    created: [],
+    transitions: [],
+    claims,
+    remaining: 0,
+    lanesLeft: 0,
+    error: undefined,
+    settled: false,
+    resolve,
+    reject,
+  };
+}
+
+/** One lane of the store: its queue of report parts and the loop that writes them. */
+interface Lane {
+  queue: LanePart[];
+  loop: Promise<void> | undefined;
+}
+
+/** What of one report falls in one lane: indexes into the report's lists. */
+interface LanePart {
+  readonly report: PendingReport;
+  readonly created: number[];
+  readonly transitions: number[];
+  readonly claims: number[];
 }
 
 type Op =
@@ -451,6 +527,8 @@ type Op =
 interface CachedState {
   readonly state: TaskState;
   readonly modRevision: string;
+  /** The encoded pieces of `state` as last put (none when read from etcd). */
+  readonly parts?: EncodedParts | undefined;
 }
 
 /** Everything a batch does to one task. */
@@ -468,6 +546,7 @@ interface TaskGroup {
   /** An answer depends on the base state being the newest: compare it. */
   guard: boolean;
   value: Buffer | undefined;
+  parts: EncodedParts | undefined;
   /** Times in a row that another writer changed the task first. */
   conflicts: number;
 }
@@ -484,6 +563,7 @@ function newGroup(taskId: string, key: string): TaskGroup {
     write: false,
     guard: false,
     value: undefined,
+    parts: undefined,
     conflicts: 0,
   };
 }

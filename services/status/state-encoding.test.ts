@@ -1,0 +1,59 @@
+import { create, equals, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { State, TaskSchema, type TaskState, TaskStateSchema, TransitionSchema } from "@dsat/sdk";
+import test from "ava";
+import { applyCreate, applyTransition } from "./apply-transition.ts";
+import { encodeTaskState, workingCopy } from "./state-encoding.ts";
+
+const now = timestampFromMs(1_700_000_000_000);
+
+function created(): TaskState {
+  const task = create(TaskSchema, { id: "t1", pipeline: "p", payload: new Uint8Array([1, 2, 3]) });
+  const r = applyCreate(undefined, task, "router-1", now);
+  if (!r.state) throw new Error("not created");
+  return r.state;
+}
+
+function step(state: TaskState, stage: string, from: State, to: State): void {
+  const o = applyTransition(
+    state,
+    create(TransitionSchema, { taskId: "t1", stage, attempt: 1, from, to, memberId: "w1", output: new Uint8Array([9]) }),
+    now,
+  );
+  if (!o.accepted) throw new Error(o.reason);
+}
+
+test("the pieces decode to the same state as a whole encoding, put after put", (t) => {
+  let state = created();
+  let { value, parts } = encodeTaskState(state, undefined);
+  t.true(equals(TaskStateSchema, fromBinary(TaskStateSchema, value), state));
+  const steps: [State, State][] = [
+    [State.UNSPECIFIED, State.PENDING],
+    [State.PENDING, State.DISPATCHED],
+    [State.DISPATCHED, State.RUNNING],
+    [State.RUNNING, State.SUCCEEDED],
+  ];
+  for (const [from, to] of steps) {
+    const before = toBinary(TaskStateSchema, state);
+    const next = workingCopy(state);
+    step(next, "a", from, to);
+    // The working copy leaves the state it was made from as it was.
+    t.deepEqual(toBinary(TaskStateSchema, state), before);
+    ({ value, parts } = encodeTaskState(next, parts));
+    const decoded = fromBinary(TaskStateSchema, value);
+    t.true(equals(TaskStateSchema, decoded, next));
+    t.is(decoded.history.length, next.history.length);
+    state = next;
+  }
+  t.is(state.stages[0]?.state, State.SUCCEEDED);
+});
+
+test("a state read back from etcd (no pieces) or with another task is encoded whole", (t) => {
+  const state = created();
+  const { parts } = encodeTaskState(state, undefined);
+  const other = workingCopy(state);
+  other.task = create(TaskSchema, { id: "t1", pipeline: "q" });
+  other.history = [];
+  const { value } = encodeTaskState(other, parts);
+  t.true(equals(TaskStateSchema, fromBinary(TaskStateSchema, value), other));
+});

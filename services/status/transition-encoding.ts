@@ -1,0 +1,185 @@
+import { toBinary } from "@bufbuild/protobuf";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { type TaskError, type Transition, TransitionSchema } from "@dsat/sdk";
+
+/**
+ * A hand-written encoder of dsat.v1.Transition as one entry of a repeated field (tag, length,
+ * message), for the hot path of StatusService: every transition stored is encoded once,
+ * and protobuf-es's generic writer costs several times more than these few fields need.
+ * Its bytes are the same as `toBinary(TransitionSchema, t)`'s (fields in number order,
+ * defaults left out), which `transition-encoding.test.ts` checks; a transition that
+ * carries unknown fields (from a newer peer) goes through toBinary so that nothing is lost.
+ */
+export function encodeTransitionField(fieldNo: number, t: Transition): Buffer {
+  const tag = (fieldNo << 3) | 2;
+  if (t.$unknown?.length || t.time?.$unknown?.length || t.error?.$unknown?.length) {
+    const body = toBinary(TransitionSchema, t);
+    const out = Buffer.allocUnsafe(varintSize(tag) + varintSize(body.length) + body.length);
+    let p = writeVarint(out, 0, tag);
+    p = writeVarint(out, p, body.length);
+    out.set(body, p);
+    return out;
+  }
+  const taskId = Buffer.byteLength(t.taskId);
+  const stage = Buffer.byteLength(t.stage);
+  const member = Buffer.byteLength(t.memberId);
+  const port = Buffer.byteLength(t.port);
+  const detail = Buffer.byteLength(t.detail);
+  const worker = Buffer.byteLength(t.workerId);
+  const time = t.time ? timestampSize(t.time) : -1;
+  const error = t.error ? errorSize(t.error) : -1;
+  let size = 0;
+  if (taskId) size += 1 + varintSize(taskId) + taskId;
+  if (stage) size += 1 + varintSize(stage) + stage;
+  if (t.attempt) size += 1 + varintSize(t.attempt);
+  if (t.from) size += 1 + varintSize(t.from);
+  if (t.to) size += 1 + varintSize(t.to);
+  if (time >= 0) size += 1 + varintSize(time) + time;
+  if (member) size += 1 + varintSize(member) + member;
+  if (error >= 0) size += 1 + varintSize(error) + error;
+  if (t.output.length) size += 1 + varintSize(t.output.length) + t.output.length;
+  if (port) size += 1 + varintSize(port) + port;
+  if (t.seq) size += 1 + bigVarintSize(t.seq);
+  if (detail) size += 1 + varintSize(detail) + detail;
+  if (worker) size += 1 + varintSize(worker) + worker;
+
+  const out = Buffer.allocUnsafe(varintSize(tag) + varintSize(size) + size);
+  let p = writeVarint(out, 0, tag);
+  p = writeVarint(out, p, size);
+  if (taskId) p = writeString(out, p, 0x0a, t.taskId, taskId);
+  if (stage) p = writeString(out, p, 0x12, t.stage, stage);
+  if (t.attempt) {
+    out[p++] = 0x18;
+    p = writeVarint(out, p, t.attempt);
+  }
+  if (t.from) {
+    out[p++] = 0x20;
+    p = writeVarint(out, p, t.from);
+  }
+  if (t.to) {
+    out[p++] = 0x28;
+    p = writeVarint(out, p, t.to);
+  }
+  if (t.time && time >= 0) {
+    out[p++] = 0x32;
+    p = writeVarint(out, p, time);
+    p = writeTimestamp(out, p, t.time);
+  }
+  if (member) p = writeString(out, p, 0x3a, t.memberId, member);
+  if (t.error && error >= 0) {
+    out[p++] = 0x42;
+    p = writeVarint(out, p, error);
+    p = writeError(out, p, t.error);
+  }
+  if (t.output.length) {
+    out[p++] = 0x4a;
+    p = writeVarint(out, p, t.output.length);
+    out.set(t.output, p);
+    p += t.output.length;
+  }
+  if (port) p = writeString(out, p, 0x52, t.port, port);
+  if (t.seq) {
+    out[p++] = 0x58;
+    p = writeBigVarint(out, p, t.seq);
+  }
+  if (detail) p = writeString(out, p, 0x62, t.detail, detail);
+  if (worker) p = writeString(out, p, 0x6a, t.workerId, worker);
+  if (p !== out.length) throw new Error(`transition encoding: wrote ${p} bytes of ${out.length}`);
+  return out;
+}
+
+function timestampSize(ts: Timestamp): number {
+  let n = 0;
+  if (ts.seconds) n += 1 + bigVarintSize(BigInt.asUintN(64, ts.seconds));
+  if (ts.nanos) n += 1 + int32Size(ts.nanos);
+  return n;
+}
+
+function writeTimestamp(out: Buffer, p: number, ts: Timestamp): number {
+  if (ts.seconds) {
+    out[p++] = 0x08;
+    p = writeBigVarint(out, p, BigInt.asUintN(64, ts.seconds));
+  }
+  if (ts.nanos) {
+    out[p++] = 0x10;
+    p = writeInt32(out, p, ts.nanos);
+  }
+  return p;
+}
+
+function errorSize(e: TaskError): number {
+  const code = Buffer.byteLength(e.code);
+  const message = Buffer.byteLength(e.message);
+  let n = 0;
+  if (code) n += 1 + varintSize(code) + code;
+  if (message) n += 1 + varintSize(message) + message;
+  if (e.retryable) n += 2;
+  return n;
+}
+
+function writeError(out: Buffer, p: number, e: TaskError): number {
+  const code = Buffer.byteLength(e.code);
+  const message = Buffer.byteLength(e.message);
+  if (code) p = writeString(out, p, 0x0a, e.code, code);
+  if (message) p = writeString(out, p, 0x12, e.message, message);
+  if (e.retryable) {
+    out[p++] = 0x18;
+    out[p++] = 1;
+  }
+  return p;
+}
+
+function writeString(out: Buffer, p: number, tag: number, s: string, bytes: number): number {
+  out[p++] = tag;
+  p = writeVarint(out, p, bytes);
+  return p + out.write(s, p, bytes, "utf8");
+}
+
+/** Size of an unsigned varint of a number below 2^32. */
+function varintSize(n: number): number {
+  if (n < 0x80) return 1;
+  if (n < 0x4000) return 2;
+  if (n < 0x200000) return 3;
+  if (n < 0x10000000) return 4;
+  return 5;
+}
+
+function writeVarint(out: Buffer, p: number, n: number): number {
+  let v = n >>> 0;
+  while (v >= 0x80) {
+    out[p++] = (v & 0x7f) | 0x80;
+    v >>>= 7;
+  }
+  out[p++] = v;
+  return p;
+}
+
+/** int32 is written as a 64-bit varint: a negative one takes 10 bytes. */
+function int32Size(n: number): number {
+  return n < 0 ? 10 : varintSize(n);
+}
+
+function writeInt32(out: Buffer, p: number, n: number): number {
+  return n < 0 ? writeBigVarint(out, p, BigInt.asUintN(64, BigInt(n))) : writeVarint(out, p, n);
+}
+
+function bigVarintSize(n: bigint): number {
+  let size = 1;
+  let v = n;
+  while (v >= 0x80n) {
+    v >>= 7n;
+    size++;
+  }
+  return size;
+}
+
+function writeBigVarint(out: Buffer, p: number, n: bigint): number {
+  if (n < 0x100000000n) return writeVarint(out, p, Number(n));
+  let v = n;
+  while (v >= 0x80n) {
+    out[p++] = Number(v & 0x7fn) | 0x80;
+    v >>= 7n;
+  }
+  out[p++] = Number(v);
+  return p;
+}
