@@ -11,6 +11,7 @@ import {
   type Transition,
   toDsatError,
 } from "@dsat/sdk";
+import { laneOf } from "../common/lanes.ts";
 
 interface Item {
   readonly task?: Task;
@@ -22,10 +23,29 @@ interface Item {
 
 /** Options of {@link StatusReporter}. */
 export interface StatusReporterOptions {
-  /** Items in one Report call at most. Default 2000. */
+  /** Items in one Report call at most. Default 20000. */
   maxBatch: number;
+  /**
+   * Bytes of payloads and outputs in one Report call at most (a single larger item goes
+   * alone): a Report must stay under StatusService's message limit (4 MiB + 64 KiB).
+   * Default 3 MiB.
+   */
+  maxBatchBytes: number;
   /** Give up on an item after this long without a status server taking it, in milliseconds. Default 60000. */
   giveUpAfterMs: number;
+  /**
+   * Reports in flight at once at most (default 4). Tasks are spread over that many lanes by
+   * their id; each lane sends one Report at a time, so a task's items stay in order.
+   */
+  lanes: number;
+  /**
+   * How long a transition that nobody waits for may be held back while the reporter is
+   * busy, in milliseconds (default 100; 0: never held). A held transition goes with the
+   * next item of its task that someone waits for (the task's end, say), or when the
+   * reporter has nothing else to send, or after this long: under load a task's steps
+   * share one write in StatusService, at low load nothing waits.
+   */
+  lingerMs: number;
   /** Told when StatusService refuses a transition because another router drives the task now. */
   onNotOwner?: (taskId: string, reason: string) => void;
   /** Told of every transition queued by send or sendDurable, in order (for telemetry). Default none. */
@@ -33,27 +53,31 @@ export interface StatusReporterOptions {
 }
 
 const DEFAULT_STATUS_REPORTER_OPTIONS: Readonly<StatusReporterOptions> = Object.freeze({
-  maxBatch: 2000,
+  maxBatch: 20_000,
+  maxBatchBytes: 3 * 1024 * 1024,
   giveUpAfterMs: 60_000,
+  lanes: 1,
+  lingerMs: 100,
 });
 
 /**
- * StatusReporter sends tasks and transitions to StatusService in order. At most one Report
- * is in flight; what arrives meanwhile waits and goes in the next one, so batches grow with
- * the load and nothing waits when the load is low. A failed Report is sent again, to
- * another status server when there is one (Report is replay-safe).
+ * StatusReporter sends tasks and transitions to StatusService, in order per task.
+ *
+ * Tasks are spread over `lanes` lanes by id. A lane has at most one Report in flight; what
+ * arrives meanwhile waits and goes in the next one, so batches grow with the load and
+ * nothing waits when the load is low. A failed Report is sent again, to another status
+ * server when there is one (Report is replay-safe).
+ *
+ * Transitions that nobody waits for (`send`) may be held back while the lane is busy (see
+ * `lingerMs`), so that a task's steps reach StatusService together: each Report costs
+ * StatusService one etcd write per task in it, whatever the number of its transitions.
  */
 export class StatusReporter {
-  readonly #routerId: string;
-  readonly #logger: Logger;
-  readonly #opts: StatusReporterOptions;
-  readonly #servers: () => Member[];
-  #queue: Item[] = [];
-  #busy = false;
-  #next = 0;
-  #closed = false;
+  readonly #lanes: Lane[];
   /** Reports sent, for metrics and benchmarks. */
-  reports = 0;
+  get reports(): number {
+    return this.#lanes.reduce((n, l) => n + l.reports, 0);
+  }
 
   constructor(
     routerId: string,
@@ -61,15 +85,17 @@ export class StatusReporter {
     logger: Logger,
     options: Partial<StatusReporterOptions> = {},
   ) {
-    this.#routerId = routerId;
-    this.#servers = servers;
-    this.#logger = logger;
-    this.#opts = { ...DEFAULT_STATUS_REPORTER_OPTIONS, ...options };
+    const opts = { ...DEFAULT_STATUS_REPORTER_OPTIONS, ...options };
+    const count = Math.max(1, Math.floor(opts.lanes));
+    this.#lanes = Array.from({ length: count }, (_, i) => new Lane(i, routerId, servers, logger, opts));
+    this.#opts = opts;
   }
 
-  /** Items waiting to be sent. */
+  readonly #opts: StatusReporterOptions;
+
+  /** Items waiting to be sent (held ones included). */
   get backlog(): number {
-    return this.#queue.length;
+    return this.#lanes.reduce((n, l) => n + l.backlog, 0);
   }
 
   /**
@@ -78,45 +104,149 @@ export class StatusReporter {
    */
   create(task: Task, transitions: Transition[]): Promise<boolean> {
     let isNew = true;
+    const lane = this.#lane(task.id);
     return new Promise<void>((resolve, reject) => {
-      this.#queue.push({ task, onCreated: (n) => {
-        isNew = n;
-      } });
-      transitions.forEach((t, i) => {
-        this.#queue.push(i === transitions.length - 1 ? { transition: t, done: { resolve, reject } } : { transition: t });
+      lane.release(task.id);
+      lane.push({
+        task,
+        onCreated: (n) => {
+          isNew = n;
+        },
       });
-      if (transitions.length === 0) this.#queue.push({ done: { resolve, reject } });
-      this.#kick();
+      transitions.forEach((t, i) => {
+        lane.push(i === transitions.length - 1 ? { transition: t, done: { resolve, reject } } : { transition: t });
+      });
+      if (transitions.length === 0) lane.push({ done: { resolve, reject } });
     }).then(() => isNew);
   }
 
   /** Queues a transition and resolves once it is durable (or rejects when given up). */
   sendDurable(t: Transition): Promise<void> {
     this.#opts.onTransition?.(t);
+    const lane = this.#lane(t.taskId);
     return new Promise((resolve, reject) => {
-      this.#queue.push({ transition: t, done: { resolve, reject } });
-      this.#kick();
+      lane.release(t.taskId);
+      lane.push({ transition: t, done: { resolve, reject } });
     });
   }
 
-  /** Queues a transition; it is sent in order with everything else. */
+  /** Queues a transition; it is sent in order with everything else of its task, maybe held back a little. */
   send(t: Transition): void {
     this.#opts.onTransition?.(t);
-    this.#queue.push({ transition: t });
+    this.#lane(t.taskId).hold(t);
+  }
+
+  /** Resolves when everything queued so far (held transitions included) is durable, or given up. */
+  async flush(): Promise<void> {
+    await Promise.all(this.#lanes.map((l) => l.flush()));
+  }
+
+  close(): void {
+    for (const l of this.#lanes) l.close();
+  }
+
+  #lane(taskId: string): Lane {
+    if (this.#lanes.length === 1) return this.#lanes[0] as Lane;
+    return this.#lanes[laneOf(taskId, this.#lanes.length)] as Lane;
+  }
+}
+
+/** One lane: its own queue, one Report in flight at a time. */
+class Lane {
+  readonly #index: number;
+  readonly #routerId: string;
+  readonly #logger: Logger;
+  readonly #opts: StatusReporterOptions;
+  readonly #servers: () => Member[];
+  /** Ready to send, in order; while a Report is in flight its items are the first ones. */
+  #queue: Item[] = [];
+  /** Transitions held back, by task, in the order their first one was held. */
+  readonly #held = new Map<string, { since: number; items: Item[] }>();
+  #heldCount = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #busy = false;
+  #next: number;
+  #closed = false;
+  reports = 0;
+
+  constructor(index: number, routerId: string, servers: () => Member[], logger: Logger, opts: StatusReporterOptions) {
+    this.#index = index;
+    this.#next = index;
+    this.#routerId = routerId;
+    this.#servers = servers;
+    this.#logger = logger;
+    this.#opts = opts;
+  }
+
+  get backlog(): number {
+    return this.#queue.length + this.#heldCount;
+  }
+
+  push(item: Item): void {
+    this.#queue.push(item);
     this.#kick();
   }
 
-  /** Resolves when everything queued so far is durable (or given up). */
+  /** Holds a transition back while the lane is busy; sends it at once when it is idle. */
+  hold(t: Transition): void {
+    const item: Item = { transition: t };
+    const held = this.#held.get(t.taskId);
+    if (held) {
+      held.items.push(item);
+      this.#heldCount++;
+      return;
+    }
+    if (this.#opts.lingerMs <= 0 || (!this.#busy && this.#queue.length === 0)) {
+      this.push(item);
+      return;
+    }
+    this.#held.set(t.taskId, { since: performance.now(), items: [item] });
+    this.#heldCount++;
+    this.#arm();
+  }
+
+  /** Moves a task's held transitions to the queue (before what comes next of that task). */
+  release(taskId: string): void {
+    const held = this.#held.get(taskId);
+    if (!held) return;
+    this.#held.delete(taskId);
+    this.#heldCount -= held.items.length;
+    for (const it of held.items) this.#queue.push(it);
+  }
+
   flush(): Promise<void> {
+    this.#releaseAll();
     if (this.#queue.length === 0 && !this.#busy) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ done: { resolve, reject } });
-      this.#kick();
-    });
+    return new Promise((resolve, reject) => this.push({ done: { resolve, reject } }));
   }
 
   close(): void {
     this.#closed = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #releaseAll(): void {
+    for (const taskId of [...this.#held.keys()]) this.release(taskId);
+  }
+
+  /** Releases what was held lingerMs ago or more; arms again for the rest. */
+  #arm(): void {
+    if (this.#timer || this.#closed) return;
+    const oldest = this.#held.values().next().value;
+    if (!oldest) return;
+    const wait = Math.max(1, oldest.since + this.#opts.lingerMs - performance.now());
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      const limit = performance.now() - this.#opts.lingerMs;
+      for (const [taskId, held] of this.#held) {
+        if (held.since > limit) break;
+        this.release(taskId);
+      }
+      this.#kick();
+      this.#arm();
+    }, wait);
+    this.#timer.unref();
   }
 
   #kick(): void {
@@ -126,8 +256,11 @@ export class StatusReporter {
   }
 
   async #loop(): Promise<void> {
-    while (this.#queue.length > 0 && !this.#closed) {
-      const batch = this.#queue.slice(0, this.#opts.maxBatch);
+    while (!this.#closed) {
+      // Nothing else to send: what was held back goes now, rather than wait.
+      if (this.#queue.length === 0) this.#releaseAll();
+      if (this.#queue.length === 0) break;
+      const batch = this.#queue.slice(0, this.#batchLength());
       const started = Date.now();
       let backoff = 50;
       for (;;) {
@@ -155,13 +288,33 @@ export class StatusReporter {
     this.#busy = false;
   }
 
+  /** How many items of the queue the next Report takes: maxBatch, and maxBatchBytes of payloads and outputs. */
+  #batchLength(): number {
+    const max = Math.min(this.#queue.length, this.#opts.maxBatch);
+    let bytes = 0;
+    for (let i = 0; i < max; i++) {
+      const it = this.#queue[i] as Item;
+      // The fixed part of a task or transition is a few hundred bytes at most.
+      bytes += 256 + (it.task?.payload.length ?? 0) + (it.transition?.output.length ?? 0);
+      if (bytes > this.#opts.maxBatchBytes && i > 0) return i;
+    }
+    return max;
+  }
+
   async #send(batch: Item[]): Promise<void> {
     const servers = this.#servers();
     if (servers.length === 0) throw dsatError(Code.Unavailable, "no status server is registered in etcd");
     const server = servers[this.#next++ % servers.length] as Member;
-    const createdItems = batch.filter((it) => it.task);
-    const created = createdItems.map((it) => it.task as Task);
-    const transitions = batch.flatMap((it) => (it.transition ? [it.transition] : []));
+    const createdItems: Item[] = [];
+    const created: Task[] = [];
+    const transitions: Transition[] = [];
+    for (const it of batch) {
+      if (it.task) {
+        createdItems.push(it);
+        created.push(it.task);
+      }
+      if (it.transition) transitions.push(it.transition);
+    }
     if (created.length === 0 && transitions.length === 0) return;
     this.reports++;
     const res = await clientTo(StatusService, server.address).report(
@@ -176,7 +329,12 @@ export class StatusReporter {
       }
       if (!o.accepted) {
         const t = transitions[i];
-        this.#logger.warn("status refused a transition", { task: t?.taskId, stage: t?.stage, reason: o.reason });
+        this.#logger.warn("status refused a transition", {
+          task: t?.taskId,
+          stage: t?.stage,
+          reason: o.reason,
+          lane: this.#index,
+        });
       }
     });
     res.created.forEach((o, i) => {
