@@ -10,9 +10,13 @@ await runService("router", async (flags) => {
     leaseTtlSeconds: flags.leaseTtlSeconds,
     satellite: flags.satellite,
     ...(typeof flags.rest["stage-wait-ms"] === "string" ? { stageWaitMs: Number(flags.rest["stage-wait-ms"]) } : {}),
+    ...(typeof flags.rest["status-linger-ms"] === "string"
+      ? { statusLingerMs: Number(flags.rest["status-linger-ms"]) }
+      : {}),
+    ...(typeof flags.rest["status-lanes"] === "string" ? { statusLanes: Number(flags.rest["status-lanes"]) } : {}),
     ...(flags.id ? { id: flags.id } : {}),
     ...(flags.maxTasks ? { maxTasks: flags.maxTasks } : {}),
     ...(flags.metrics ? { metrics: flags.metrics } : {}),
   });
   return { id: router.id, address: router.address, close: () => router.close(), drain: () => router.drain() };
-}, ["stage-wait-ms"]);
+}, ["stage-wait-ms", "status-linger-ms", "status-lanes"]);

@@ -36,6 +36,14 @@ export interface RouterOptions {
    * bounded only by maxTasks.
    */
   stageWaitMs: number;
+  /**
+   * How long a transition that nobody waits for may be held back, under load, so that more
+   * of its task's steps share one write in StatusService, in milliseconds (the longest a
+   * Watch may see a step late). 0: every transition is sent as soon as it can be. Default 100.
+   */
+  statusLingerMs: number;
+  /** Reports in flight to StatusService at once (tasks spread over lanes by id). Default 1. */
+  statusLanes: number;
   logger: Logger;
   /** Where the router's metrics go (a process serves them, see services/common/metrics.ts). Default none: no metrics. */
   metrics?: MetricsRegistry;
@@ -54,4 +62,20 @@ export const DEFAULT_ROUTER_OPTIONS = Object.freeze({
   drainTimeoutMs: 30_000,
   satellite: "",
   stageWaitMs: 0,
+  statusLingerMs: 100,
+  statusLanes: 1,
 });
+
+/** Refuses options a router cannot run with, naming the option and the range it takes. */
+export function checkRouterOptions(opts: RouterOptions): void {
+  const check = (name: keyof RouterOptions, value: number, min: number, max: number) => {
+    if (!Number.isInteger(value) || value < min || value > max) {
+      throw new RangeError(`${name} must be an integer from ${min} to ${max}, not ${value}`);
+    }
+  };
+  check("port", opts.port, 0, 65_535);
+  check("maxTasks", opts.maxTasks, 1, Number.MAX_SAFE_INTEGER);
+  check("stageWaitMs", opts.stageWaitMs, 0, Number.MAX_SAFE_INTEGER);
+  check("statusLingerMs", opts.statusLingerMs, 0, 60_000);
+  check("statusLanes", opts.statusLanes, 1, 64);
+}

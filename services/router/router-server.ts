@@ -60,7 +60,7 @@ import {
 import type * as grpc from "@grpc/grpc-js";
 import type { Etcd3 } from "etcd3";
 import { submitStreamHandler } from "./handlers.ts";
-import { DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
+import { checkRouterOptions, DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
 import { PipelineCache } from "./pipeline-cache.ts";
 import { adoptTraceMetadata, RouterTelemetry } from "./router-telemetry.ts";
 import { StatusReporter } from "./status-reporter.ts";
@@ -170,6 +170,8 @@ export class RouterServer {
       {
         ...(telemetry ? { onTransition: (t: Transition) => telemetry.reported(t) } : {}),
         onNotOwner: (taskId: string, reason: string) => this.#drop(taskId, reason),
+        lingerMs: init.opts.statusLingerMs,
+        lanes: init.opts.statusLanes,
       },
     );
     const member = create(MemberSchema, {
@@ -201,6 +203,7 @@ export class RouterServer {
       ...options,
       id,
     };
+    checkRouterOptions(opts);
     const log = opts.logger.child({ member: id });
     const ownEtcd = typeof opts.etcd === "string";
     const etcd = typeof opts.etcd === "string" ? connectEtcd({ endpoints: opts.etcd }) : opts.etcd;

@@ -39,11 +39,11 @@ export interface StatusReporterOptions {
    */
   lanes: number;
   /**
-   * How long a transition that nobody waits for may be held back while the reporter is
-   * busy, in milliseconds (default 100; 0: never held). A held transition goes with the
-   * next item of its task that someone waits for (the task's end, say), or when the
-   * reporter has nothing else to send, or after this long: under load a task's steps
-   * share one write in StatusService, at low load nothing waits.
+   * How long a transition that nobody waits for may be held back while the lane is busy,
+   * in milliseconds (default 100; 0: never held). A held transition goes with the next
+   * item of its task that someone waits for (the task's end, say), or after this long:
+   * under load a task's steps share one write in StatusService. When the lane is idle a
+   * transition goes at once, so at low load nothing waits.
    */
   lingerMs: number;
   /** Told when StatusService refuses a transition because another router drives the task now. */
@@ -257,8 +257,6 @@ class Lane {
 
   async #loop(): Promise<void> {
     while (!this.#closed) {
-      // Nothing else to send: what was held back goes now, rather than wait.
-      if (this.#queue.length === 0) this.#releaseAll();
       if (this.#queue.length === 0) break;
       const batch = this.#queue.slice(0, this.#batchLength());
       const started = Date.now();

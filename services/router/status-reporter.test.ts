@@ -1,0 +1,174 @@
+import { create } from "@bufbuild/protobuf";
+import {
+  Code,
+  createLogger,
+  dsatError,
+  type Member,
+  MemberSchema,
+  type ReportRequest,
+  ReportResponseSchema,
+  type RunningGrpcServer,
+  State,
+  StatusService,
+  addService,
+  startGrpcServer,
+  TaskSchema,
+  type Transition,
+  TransitionSchema,
+} from "@dsat/sdk";
+import test from "ava";
+import { waitFor } from "../../test/helpers/wait.ts";
+import { StatusReporter, type StatusReporterOptions } from "./status-reporter.ts";
+
+/**
+ * The reporter's batching against a StatusService peer on loopback (real gRPC) that
+ * records each Report and answers when the test lets it: what goes in which Report is
+ * what these tests check.
+ */
+interface Peer {
+  readonly reports: ReportRequest[];
+  /** Reports received and not answered yet. */
+  readonly pending: (() => void)[];
+  holdAnswers: boolean;
+  readonly server: RunningGrpcServer;
+  readonly member: Member;
+}
+
+async function startPeer(): Promise<Peer> {
+  const reports: ReportRequest[] = [];
+  const pending: (() => void)[] = [];
+  const peer = { reports, pending, holdAnswers: false } as Omit<Peer, "server" | "member"> & { holdAnswers: boolean };
+  const handlers = new Proxy(
+    {
+      report: async (req: ReportRequest) => {
+        reports.push(req);
+        if (peer.holdAnswers) await new Promise<void>((resolve) => pending.push(resolve));
+        const ok = { accepted: true };
+        return create(ReportResponseSchema, {
+          created: req.created.map(() => ok),
+          transitions: req.transitions.map(() => ok),
+        });
+      },
+    },
+    {
+      get: (target, key) =>
+        (target as Record<string | symbol, unknown>)[key] ??
+        (async () => {
+          throw dsatError(Code.Unimplemented, "not in this test");
+        }),
+    },
+  );
+  // biome-ignore lint/suspicious/noExplicitAny: a partial StatusService, the rest unimplemented
+  const server = await startGrpcServer([StatusService], (s) => addService(s, StatusService, handlers as any), {
+    host: "127.0.0.1",
+    port: 0,
+  });
+  const member = create(MemberSchema, { id: "status-test", address: server.address });
+  return Object.assign(peer, { server, member }) as Peer;
+}
+
+function reporter(peer: Peer, options: Partial<StatusReporterOptions> = {}): StatusReporter {
+  return new StatusReporter("router-test", () => [peer.member], createLogger({}, "silent"), options);
+}
+
+const step = (taskId: string, stage: string, from: State, to: State): Transition =>
+  create(TransitionSchema, { taskId, stage, attempt: 1, from, to });
+
+const ids = (r: ReportRequest) => r.transitions.map((t) => `${t.taskId}:${t.stage}:${State[t.to]}`);
+
+test("an idle reporter sends a transition at once; while busy, a task's steps are held and go with its awaited one, in order", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { lingerMs: 60_000 });
+  t.teardown(() => r.close());
+
+  r.send(step("a", "s1", State.UNSPECIFIED, State.PENDING));
+  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the first report" });
+  t.deepEqual(ids(peer.reports[0] as ReportRequest), ["a:s1:PENDING"]);
+
+  // Busy: the next Report is not answered until the test says so.
+  peer.holdAnswers = true;
+  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
+  await waitFor(() => peer.reports.length === 2, { timeoutMs: 5_000, what: "the busy report" });
+  r.send(step("a", "s1", State.PENDING, State.DISPATCHED));
+  r.send(step("b", "s1", State.PENDING, State.DISPATCHED));
+  r.send(step("a", "s1", State.DISPATCHED, State.RUNNING));
+  const end = r.sendDurable(step("a", "", State.RUNNING, State.SUCCEEDED));
+  t.is(r.backlog, 5, "the Report in flight, a's two steps and b's one held, a's end queued");
+  peer.holdAnswers = false;
+  for (const answer of peer.pending.splice(0)) answer();
+  await Promise.all([busy, end]);
+  // a's held steps went before its end, in order; b's step stays held (no awaited item yet).
+  t.deepEqual(ids(peer.reports[2] as ReportRequest), ["a:s1:DISPATCHED", "a:s1:RUNNING", "a::SUCCEEDED"]);
+  t.is(r.backlog, 1);
+  await r.flush();
+  t.deepEqual(ids(peer.reports.at(-1) as ReportRequest), ["b:s1:DISPATCHED"]);
+  t.is(r.backlog, 0);
+});
+
+test("a held transition goes by itself once it has waited lingerMs", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { lingerMs: 50 });
+  t.teardown(() => r.close());
+  peer.holdAnswers = true;
+  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
+  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the busy report" });
+  r.send(step("c", "s1", State.PENDING, State.DISPATCHED));
+  peer.holdAnswers = false;
+  for (const answer of peer.pending.splice(0)) answer();
+  await busy;
+  await waitFor(() => peer.reports.length === 2, { timeoutMs: 5_000, what: "the lingering transition's report" });
+  t.deepEqual(ids(peer.reports[1] as ReportRequest), ["c:s1:DISPATCHED"]);
+});
+
+test("with lingerMs 0 nothing is held: every transition is in the next Report", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { lingerMs: 0 });
+  t.teardown(() => r.close());
+  peer.holdAnswers = true;
+  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
+  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the busy report" });
+  r.send(step("d", "s1", State.PENDING, State.DISPATCHED));
+  r.send(step("e", "s1", State.PENDING, State.DISPATCHED));
+  peer.holdAnswers = false;
+  for (const answer of peer.pending.splice(0)) answer();
+  await busy;
+  await waitFor(() => peer.reports.length === 2, { timeoutMs: 5_000, what: "the second report" });
+  t.deepEqual(ids(peer.reports[1] as ReportRequest), ["d:s1:DISPATCHED", "e:s1:DISPATCHED"]);
+});
+
+test("Reports stay under StatusService's message limit: large payloads go in separate Reports", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { maxBatchBytes: 3 * 1024 * 1024 });
+  t.teardown(() => r.close());
+  peer.holdAnswers = true;
+  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
+  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the busy report" });
+  const big = (id: string) => create(TaskSchema, { id, pipeline: "p", payload: new Uint8Array(2 * 1024 * 1024) });
+  const created = [r.create(big("t1"), []), r.create(big("t2"), []), r.create(big("t3"), [])];
+  peer.holdAnswers = false;
+  for (const answer of peer.pending.splice(0)) answer();
+  await busy;
+  t.deepEqual(await Promise.all(created), [true, true, true]);
+  t.deepEqual(
+    peer.reports.slice(1).map((rep) => rep.created.map((c) => c.id)),
+    [["t1"], ["t2"], ["t3"]],
+  );
+});
+
+test("with several lanes, Reports of different tasks are in flight at once", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { lanes: 4 });
+  t.teardown(() => r.close());
+  peer.holdAnswers = true;
+  const done = Array.from({ length: 40 }, (_, i) => r.sendDurable(step(`task-${i}`, "", State.PENDING, State.RUNNING)));
+  await waitFor(() => peer.reports.length === 4, { timeoutMs: 5_000, what: "one report per lane" });
+  t.is(new Set(peer.reports.flatMap((rep) => rep.transitions.map((x) => x.taskId))).size, 40);
+  peer.holdAnswers = false;
+  for (const answer of peer.pending.splice(0)) answer();
+  await Promise.all(done);
+});
