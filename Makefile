@@ -5,7 +5,7 @@ NODE_RUN := $(NODE) --conditions=@dsat/source --disable-warning=ExperimentalWarn
 BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all deps python gen check-gen check-breaking sdk lint typecheck cycles unit test chaos demo up bench clean
+.PHONY: all deps python gen check-gen check-breaking sdk build lint typecheck cycles unit test chaos demo up bench clean
 
 all: test
 
@@ -45,6 +45,10 @@ check-breaking: deps
 sdk: deps
 	bash scripts/build-sdk.sh
 
+## build: the SDK and the services as JavaScript (sdk/dist, dist/services), what deployments run.
+build: deps
+	bash scripts/build.sh
+
 lint: deps
 	buf lint
 	biome lint --error-on-warnings sdk/src services test scripts bench
@@ -67,7 +71,7 @@ chaos: deps
 	$(NODE_RUN) test/chaos/chaos.ts --tasks 10000
 
 ## bench: dsat beside a raw grpc-js router and Moleculer on loopback; results in bench/results/ (BENCH_FLAGS=--quick or --profile).
-bench: deps
+bench: deps build
 	$(NODE_RUN) bench/run.ts $(BENCH_FLAGS)
 
 ## demo: a local satellite (etcd started for you), a three-stage pipeline, 1000 tasks, live progress.

@@ -8,8 +8,9 @@ import { dirname, join, relative, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import test from "ava";
+import { createClient, stateName } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
-import { ROOT } from "./helpers/processes.ts";
+import { ROOT, startProcess } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
 
 const run = promisify(execFile);
@@ -257,6 +258,34 @@ test.serial("installed from the tarball, a plain .mjs worker and client run a ta
   worker.kill("SIGTERM");
   await waitFor(() => worker.exitCode !== null, { what: "worker.mjs to exit" });
   t.is(worker.exitCode, 0, stderr);
+});
+
+test.serial("the compiled services (make build) serve: a router and a status server from dist/services run a task", async (t) => {
+  // sdk/dist is fresh (npm pack built it above); compile the services the way scripts/build.sh does.
+  await run(join(ROOT, "node_modules/.bin/tsc"), ["-p", "services/tsconfig.build.json"], { cwd: ROOT });
+  const m = mesh!;
+  const common = ["--etcd", m.etcd.endpoint, "--lease-ttl", "2"];
+  const plain = ["--disable-warning=ExperimentalWarning"];
+  const status = await startProcess("compiled status", process.execPath, [...plain, "dist/services/status/main.js", ...common], userEnv());
+  const router = await startProcess("compiled router", process.execPath, [...plain, "dist/services/router/main.js", ...common], userEnv());
+  children.push(status.child, router.child);
+  await m.addWorker("echo", "echo");
+  const client = createClient({ routers: [router.address], status: [status.address] });
+  try {
+    await client.applyPipeline({ name: "compiled", stages: [{ name: "echo" }] });
+    await waitFor(
+      async () => (await client.listWorkers())[0]?.workers.some((w) => w.stage === "echo" && w.connected),
+      { what: "the compiled router to connect to the echo worker" },
+    );
+    const r = await client.run("compiled", { hello: "dist" }, { deadline: 10_000 });
+    t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+    const s = await client.getState(r.taskId, { history: true });
+    t.is(s.routerId, router.id, "the compiled router drove it");
+    t.is(stateName(s.state), "SUCCEEDED");
+  } finally {
+    await client.close();
+    await Promise.all([router.stop(), status.stop()]);
+  }
 });
 
 test.serial("TypeScript typechecks against the packed .d.ts", async (t) => {

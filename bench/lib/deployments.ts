@@ -4,15 +4,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@dsat/sdk";
 import { freePort, LocalEtcd } from "../../services/cli/local-etcd.ts";
-import { type BenchProcess, startService, wrap } from "./processes.ts";
+import { type BenchProcess, COMPILED_NODE_FLAGS, compiledEntry, startService, wrap } from "./processes.ts";
 
 /** A system started for one scenario: its processes, and the driver that loads it. */
 export interface Deployment {
   readonly system: "raw" | "moleculer" | "dsat" | "dsat-traced";
   /** Every process of the system (not the driver), in start order. */
   readonly processes: BenchProcess[];
-  /** The driver's entry and arguments (the bench adds --plan). */
-  readonly driver: { entry: string; args: string[] };
+  /** The driver's entry, arguments (the bench adds --plan) and Node flags (default NODE_FLAGS). */
+  readonly driver: { entry: string; args: string[]; nodeFlags?: readonly string[] };
   /** etcd's /metrics, when the system has an etcd. */
   readonly etcdMetricsUrl?: string;
   /** Stops every process (and removes what it wrote). */
@@ -124,8 +124,13 @@ export async function startDsat(options: DsatDeploymentOptions): Promise<Deploym
       processes.push(wrap("etcd", etcd.process as NonNullable<typeof etcd.process>, etcd.endpoint));
       const common = ["--etcd", etcd.endpoint, "--lease-ttl", "5"];
       const [status, router] = await Promise.all([
-        startService("status", "services/status/main.ts", common, { nodeFlags: options.statusNodeFlags ?? [], env: options.env ?? {} }),
-        startService("router", "services/router/main.ts", [...common, ...options.routerArgs], {
+        startService("status", compiledEntry("status"), common, {
+          baseFlags: COMPILED_NODE_FLAGS,
+          nodeFlags: options.statusNodeFlags ?? [],
+          env: options.env ?? {},
+        }),
+        startService("router", compiledEntry("router"), [...common, ...options.routerArgs], {
+          baseFlags: COMPILED_NODE_FLAGS,
           nodeFlags: options.routerNodeFlags,
           env: options.env ?? {},
         }),
@@ -138,9 +143,9 @@ export async function startDsat(options: DsatDeploymentOptions): Promise<Deploym
           options.workers.map((w, i) =>
             startService(
               `w${i + 1}`,
-              "services/worker-host/main.ts",
+              compiledEntry("worker-host"),
               [...common, "--stage", w.stage, "--module", "bench/dsat/stages.ts", "--export", w.export, "--concurrency", String(w.concurrency)],
-              { env: { ...options.env, ...w.env } },
+              { baseFlags: COMPILED_NODE_FLAGS, env: { ...options.env, ...w.env } },
             ),
           ),
         );
@@ -162,6 +167,7 @@ export async function startDsat(options: DsatDeploymentOptions): Promise<Deploym
         driver: {
           entry: "bench/dsat/dsat-driver.ts",
           args: ["--router", router.address, "--status", status.address, "--pipeline", options.pipeline],
+          nodeFlags: COMPILED_NODE_FLAGS,
         },
         etcdMetricsUrl: `http://${etcd.endpoint}/metrics`,
         stop: async () => {

@@ -91,7 +91,7 @@ function cpuOf(processes: readonly BenchProcess[]): Map<string, number> {
  * the driver is done. The driver is killed when it runs over the plan's time by a minute.
  */
 export function measure(dep: Deployment, plan: LoadPlan): Promise<Measured> {
-  const driver = spawn(process.execPath, [...NODE_FLAGS, dep.driver.entry, ...dep.driver.args, "--plan", JSON.stringify(plan)], {
+  const driver = spawn(process.execPath, [...(dep.driver.nodeFlags ?? NODE_FLAGS), dep.driver.entry, ...dep.driver.args, "--plan", JSON.stringify(plan)], {
     cwd: ROOT,
     stdio: ["ignore", "ignore", "pipe", "ipc"],
   });

@@ -3,7 +3,7 @@
 import { spawn } from "node:child_process";
 import type { FloodResult } from "../dsat/flood-driver.ts";
 import { startDsat } from "./deployments.ts";
-import { type BenchProcess, NODE_FLAGS, ROOT, wrap } from "./processes.ts";
+import { type BenchProcess, COMPILED_NODE_FLAGS, ROOT, wrap } from "./processes.ts";
 import { memory } from "./proc-stats.ts";
 
 /** Options of {@link runMemoryMode}. */
@@ -55,7 +55,7 @@ export async function runMemoryMode(options: MemoryOptions): Promise<MemoryResul
     const driver = spawn(
       process.execPath,
       [
-        ...NODE_FLAGS,
+        ...COMPILED_NODE_FLAGS,
         "bench/dsat/flood-driver.ts",
         "--router", router.address,
         "--pipeline", "mem",

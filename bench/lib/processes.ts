@@ -1,12 +1,29 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 
 /** The repository root. */
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
-/** Flags every Node child of the bench gets: the project's own way to run .ts. */
+/** Flags of the bench's own children (raw, Moleculer): the project's own way to run .ts. */
 export const NODE_FLAGS = Object.freeze(["--conditions=@dsat/source", "--disable-warning=ExperimentalWarning"]);
+
+/**
+ * Flags of dsat's processes and drivers: they run the JavaScript that `make build` compiled
+ * (dist/services, sdk/dist), as deployed; "@dsat/sdk" resolves to sdk/dist.
+ */
+export const COMPILED_NODE_FLAGS = Object.freeze(["--disable-warning=ExperimentalWarning"]);
+
+/** The compiled entry of a dsat service ("router" → dist/services/router/main.js); fails with what to run when it is missing. */
+export function compiledEntry(service: string): string {
+  const entry = `dist/services/${service}/main.js`;
+  if (!existsSync(join(ROOT, entry)) || !existsSync(join(ROOT, "sdk/dist/index.js"))) {
+    throw new Error(`${entry} or sdk/dist is missing: run make build (make bench does it first)`);
+  }
+  return entry;
+}
 
 /** A process the bench started and measures. */
 export interface BenchProcess {
@@ -24,8 +41,10 @@ export interface BenchProcess {
 
 /** Options of {@link startService}. */
 export interface StartServiceOptions {
-  /** Node flags before the entry, on top of NODE_FLAGS (e.g. --cpu-prof). */
+  /** Node flags before the entry, on top of baseFlags (e.g. --cpu-prof). */
   nodeFlags: string[];
+  /** Default NODE_FLAGS (run .ts from the sources); COMPILED_NODE_FLAGS for compiled entries. */
+  baseFlags: readonly string[];
   env: Record<string, string>;
   /** How long to wait for the `ready` line, in milliseconds. Default 20000. */
   readyTimeoutMs: number;
@@ -41,7 +60,7 @@ export async function startService(
   args: string[],
   options: Partial<StartServiceOptions> = {},
 ): Promise<BenchProcess> {
-  const child = spawn(process.execPath, [...NODE_FLAGS, ...(options.nodeFlags ?? []), entry, ...args], {
+  const child = spawn(process.execPath, [...(options.baseFlags ?? NODE_FLAGS), ...(options.nodeFlags ?? []), entry, ...args], {
     cwd: ROOT,
     env: { ...process.env, DSAT_EXIT_WITH_PARENT: "1", ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
