@@ -15,7 +15,7 @@ import {
   toDsatError,
   type Transition,
 } from "@dsat/sdk";
-import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IRequestOp } from "etcd3";
+import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IKeyValue, type IRequestOp } from "etcd3";
 import { laneOf } from "../common/lanes.ts";
 import { type Counter, type Histogram, SIZE_BUCKETS } from "../common/metrics.ts";
 import { applyClaim, applyCreate, applyTransition, type Outcome } from "./apply-transition.ts";
@@ -293,7 +293,7 @@ export class TaskStore {
     }
     await mapLimit(chunks, TXN_CONCURRENCY, async (chunk) => {
       const res = await this.#etcd.kv.txn({
-        success: chunk.map((g) => ({ request_range: { key: Buffer.from(g.key) } })),
+        success: chunk.map((g) => ({ request_range: { key: g.keyBytes } })),
       });
       chunk.forEach((g, i) => {
         const kv = res.responses[i]?.response_range.kvs[0];
@@ -368,26 +368,34 @@ export class TaskStore {
 
   /**
    * Writes one chunk in one fenced transaction; returns the groups to apply and write
-   * again. When a compare fails, the failure branch reads every key of the chunk in the
-   * same transaction: the groups whose key changed get the new state as their base (a
-   * conflict), the others are written again as they are.
+   * again. When a compare fails (rare: another status server wrote one of these tasks),
+   * every key of the chunk is read again: the groups whose key changed get the new state
+   * as their base (a conflict), the others are written again as they are. (A failure
+   * branch reading them in the same transaction would cost an encoded range request per
+   * key on every transaction, for the rare one that needs it.)
    */
   async #commit(chunk: TaskGroup[]): Promise<TaskGroup[]> {
     const compare: ICompare[] = chunk.map((g) =>
       g.base
-        ? { key: Buffer.from(g.key), target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: g.base.modRevision }
-        : { key: Buffer.from(g.key), target: CompareTarget.Create, result: CompareResult.Equal, create_revision: 0 },
+        ? { key: g.keyBytes, target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: g.base.modRevision }
+        : { key: g.keyBytes, target: CompareTarget.Create, result: CompareResult.Equal, create_revision: 0 },
     );
     const success: IRequestOp[] = [];
     for (const g of chunk) {
-      if (g.value) success.push({ request_put: { key: Buffer.from(g.key), value: g.value } });
+      if (g.value) success.push({ request_put: { key: g.keyBytes, value: g.value } });
     }
-    const failure: IRequestOp[] = chunk.map((g) => ({ request_range: { key: Buffer.from(g.key) } }));
     let res: Awaited<ReturnType<Etcd3["kv"]["txn"]>>;
+    let current: (IKeyValue | undefined)[] = [];
     this.#txnKeys?.observe([], chunk.length);
     try {
-      res = await this.#etcd.kv.txn({ compare, success, failure });
+      res = await this.#etcd.kv.txn({ compare, success, failure: [] });
       this.#txns?.inc([res.succeeded ? "committed" : "conflict"]);
+      if (!res.succeeded) {
+        const read = await this.#etcd.kv.txn({
+          success: chunk.map((g) => ({ request_range: { key: g.keyBytes } })),
+        });
+        current = chunk.map((_, i) => read.responses[i]?.response_range.kvs[0]);
+      }
     } catch (err) {
       this.#txns?.inc(["error"]);
       // The transaction may or may not have been applied: forget what we knew, so that
@@ -402,7 +410,7 @@ export class TaskStore {
     }
     if (!res.succeeded) {
       chunk.forEach((g, i) => {
-        const kv = res.responses[i]?.response_range.kvs[0];
+        const kv = current[i];
         if ((kv?.mod_revision ?? "0") === (g.base?.modRevision ?? "0")) return;
         g.conflicts++;
         g.base = kv ? { state: fromBinary(TaskStateSchema, kv.value), modRevision: kv.mod_revision } : undefined;
@@ -535,6 +543,8 @@ interface CachedState {
 interface TaskGroup {
   readonly taskId: string;
   readonly key: string;
+  /** The key as etcd takes it, made once. */
+  readonly keyBytes: Buffer;
   readonly ops: Op[];
   readonly reports: Set<PendingReport>;
   /** The state the operations apply to (undefined: no such key). */
@@ -555,6 +565,7 @@ function newGroup(taskId: string, key: string): TaskGroup {
   return {
     taskId,
     key,
+    keyBytes: Buffer.from(key),
     ops: [],
     reports: new Set(),
     base: undefined,

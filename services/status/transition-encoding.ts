@@ -164,6 +164,7 @@ function writeInt32(out: Buffer, p: number, n: number): number {
 }
 
 function bigVarintSize(n: bigint): number {
+  if (n < 0x100000000n) return varintSize(Number(n));
   let size = 1;
   let v = n;
   while (v >= 0x80n) {
