@@ -1,5 +1,5 @@
 import test from "ava";
-import { Code, ConnectError, connectEtcd, createClient, Keys, State, stateName } from "@dsat/sdk";
+import { Code, ConnectError, connectEtcd, createClient, Keys, parseMember, State, stateName } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
 import { startService } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
@@ -93,5 +93,28 @@ test.serial("back-pressure: SubmitStream waits while the router is full instead 
   } finally {
     await client.close();
     await small.kill9();
+  }
+});
+
+test.serial("--advertise: a worker listening on 0.0.0.0 registers the address given, and the router reaches it there", async (t) => {
+  // 127.0.0.2 is loopback too (Linux routes 127.0.0.0/8 to lo): the router can only reach
+  // the worker through it if it dials what etcd says rather than where the worker listens.
+  const worker = await mesh.addWorker("advertised", "echo", ["--host", "0.0.0.0", "--advertise", "127.0.0.2"]);
+  const etcd = connectEtcd({ endpoints: mesh.etcd.endpoint });
+  try {
+    const kv = (await etcd.get(new Keys().member("worker", worker.id)).exec()).kvs[0];
+    const member = kv ? parseMember(kv.value) : undefined;
+    t.regex(member?.address ?? "", /^127\.0\.0\.2:\d+$/);
+    t.is(worker.address, member?.address ?? "", "the ready line says the same address");
+    await mesh.client.applyPipeline({ name: "advertised", stages: [{ name: "advertised" }] });
+    await waitFor(
+      async () => (await mesh.client.listWorkers()).flatMap((v) => v.workers).some((w) => w.id === worker.id && w.connected),
+      { what: "the router to connect to the worker at its advertised address" },
+    );
+    const r = await mesh.client.run("advertised", { via: "127.0.0.2" }, { deadline: 10_000 });
+    t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+  } finally {
+    etcd.close();
+    await worker.stop();
   }
 });

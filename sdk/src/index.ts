@@ -46,7 +46,7 @@ export type { PrefixWatchHandlers } from "./prefix-watch.ts";
 export type { RegistrationOptions } from "./membership.ts";
 
 // ---------------------------------------------------------------------------- servers and transports (for services)
-export { startGrpcServer } from "./server/serve.ts";
+export { advertisedAddress, startGrpcServer } from "./server/serve.ts";
 export type { GrpcServerOptions, RunningGrpcServer } from "./server/serve.ts";
 export { addService, serviceDefinition } from "./server/add-service.ts";
 export type { ServiceHandlers } from "./server/add-service.ts";

@@ -8,6 +8,8 @@ export interface ServiceFlags {
   etcd: string;
   /** --host, DSAT_HOST: interface to listen on. */
   host: string;
+  /** --advertise, DSAT_ADVERTISE: the address others dial ("host" or "host:port"); "" for the default. */
+  advertise: string;
   /** --port, DSAT_PORT: port (0: any free one). */
   port: number;
   /** --prefix, DSAT_PREFIX: etcd key prefix. */
@@ -53,6 +55,7 @@ export async function runService(
       ...Object.fromEntries(extraFlags.map((f) => [f, { type: "string" as const }])),
       etcd: { type: "string" },
       host: { type: "string" },
+      advertise: { type: "string" },
       port: { type: "string" },
       prefix: { type: "string" },
       "lease-ttl": { type: "string" },
@@ -67,6 +70,7 @@ export async function runService(
   const flags: ServiceFlags = {
     etcd: str(values.etcd) ?? defaultEtcdEndpoints(),
     host: str(values.host) ?? process.env.DSAT_HOST ?? "127.0.0.1",
+    advertise: str(values.advertise) ?? process.env.DSAT_ADVERTISE ?? "",
     port: Number(str(values.port) ?? process.env.DSAT_PORT ?? 0),
     prefix: str(values.prefix) ?? process.env.DSAT_PREFIX ?? "/dsat/v1/",
     leaseTtlSeconds: Number(str(values["lease-ttl"]) ?? process.env.DSAT_LEASE_TTL ?? 5),

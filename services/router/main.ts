@@ -5,6 +5,7 @@ await runService("router", async (flags) => {
   const router = await RouterServer.start({
     etcd: flags.etcd,
     host: flags.host,
+    advertise: flags.advertise,
     port: flags.port,
     prefix: flags.prefix,
     leaseTtlSeconds: flags.leaseTtlSeconds,

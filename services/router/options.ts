@@ -8,6 +8,11 @@ export interface RouterOptions {
   etcd: string | Etcd3;
   /** Interface the gRPC server listens on. Default "127.0.0.1". */
   host: string;
+  /**
+   * The address registered in etcd for others to dial: "host" or "host:port". Default "":
+   * the host listened on, or this machine's first non-internal IPv4 for 0.0.0.0.
+   */
+  advertise: string;
   /** Port; 0 picks a free one. Default 0. */
   port: number;
   /** etcd key prefix. Default "/dsat/v1/". */
@@ -52,6 +57,7 @@ export interface RouterOptions {
 /** Defaults of {@link RouterOptions}; etcd, id, protocolVersion and logger are filled in at start. */
 export const DEFAULT_ROUTER_OPTIONS = Object.freeze({
   host: "127.0.0.1",
+  advertise: "",
   port: 0,
   prefix: "/dsat/v1/",
   leaseTtlSeconds: 5,

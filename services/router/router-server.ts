@@ -224,7 +224,7 @@ export class RouterServer {
           listWorkers: async () => (router as RouterServer).listWorkers(),
         });
       },
-      { host: opts.host, port: opts.port, maxMessageBytes: opts.maxPayloadBytes + 64 * 1024 },
+      { host: opts.host, port: opts.port, advertise: opts.advertise, maxMessageBytes: opts.maxPayloadBytes + 64 * 1024 },
     );
     router = new RouterServer({ opts, log, etcd, ownEtcd, server });
     try {

@@ -15,6 +15,7 @@ await runService("status", async (flags) => {
   const server = await StatusServer.start({
     etcd: flags.etcd,
     host: flags.host,
+    advertise: flags.advertise,
     port: flags.port,
     prefix: flags.prefix,
     leaseTtlSeconds: flags.leaseTtlSeconds,

@@ -13,6 +13,11 @@ export interface StatusOptions {
   etcd: string | Etcd3;
   /** Interface the gRPC server listens on. Default "127.0.0.1". */
   host: string;
+  /**
+   * The address registered in etcd for others to dial: "host" or "host:port". Default "":
+   * the host listened on, or this machine's first non-internal IPv4 for 0.0.0.0.
+   */
+  advertise: string;
   /** Port the gRPC server listens on; 0 picks a free one. Default 0. */
   port: number;
   /** Prefix of every etcd key. Default "/dsat/v1/". */
@@ -47,6 +52,7 @@ export interface StatusOptions {
 export const DEFAULT_STATUS_OPTIONS: Readonly<StatusOptions> = Object.freeze({
   etcd: "",
   host: "127.0.0.1",
+  advertise: "",
   port: 0,
   prefix: DEFAULT_PREFIX,
   leaseTtlSeconds: 5,

@@ -93,7 +93,7 @@ export class StatusServer {
           status.addToServer(server);
           pipelines.addToServer(server);
         },
-        { host: opts.host, port: opts.port },
+        { host: opts.host, port: opts.port, advertise: opts.advertise },
       );
       const member = create(MemberSchema, {
         id: opts.id,

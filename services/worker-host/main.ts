@@ -23,6 +23,7 @@ await runService("worker", async (flags) => {
     concurrency,
     etcd: flags.etcd,
     host: flags.host,
+    advertise: flags.advertise,
     port: flags.port,
     prefix: flags.prefix,
     leaseTtlSeconds: flags.leaseTtlSeconds,

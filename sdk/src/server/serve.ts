@@ -1,4 +1,5 @@
 import type { DescService } from "@bufbuild/protobuf";
+import { type NetworkInterfaceInfo, networkInterfaces } from "node:os";
 import * as grpc from "@grpc/grpc-js";
 import { Health } from "../gen/grpc/health/v1/health_pb.js";
 import { ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
@@ -13,13 +14,52 @@ export interface GrpcServerOptions {
   port: number;
   /** Largest message accepted, in bytes. Default 4 MiB + 64 KiB of envelope. */
   maxMessageBytes: number;
+  /**
+   * The address others dial, as registered in etcd: "host" (with the port bound) or
+   * "host:port" (a port mapped elsewhere, as in a container). Default: the host listened
+   * on, or for a wildcard host (0.0.0.0, ::) this machine's first non-internal IPv4
+   * address (127.0.0.1 when it has none); see {@link advertisedAddress}.
+   */
+  advertise: string;
 }
 
 const DEFAULT_GRPC_SERVER_OPTIONS: Readonly<GrpcServerOptions> = Object.freeze({
   host: "127.0.0.1",
   port: 0,
   maxMessageBytes: 4 * 1024 * 1024 + 64 * 1024,
+  advertise: "",
 });
+
+/**
+ * The host:port that a server listening on `host`:`port` tells others to dial: `advertise`
+ * when given ("host", or "host:port" as it is), else `host`, else for a wildcard host the
+ * first non-internal IPv4 address of `interfaces` (127.0.0.1 when there is none). An IPv6
+ * host is put in brackets.
+ */
+export function advertisedAddress(
+  host: string,
+  port: number,
+  advertise = "",
+  interfaces: NodeJS.Dict<NetworkInterfaceInfo[]> = networkInterfaces(),
+): string {
+  const a = advertise.trim();
+  if (a !== "") {
+    if (/^\[.*\]:\d+$/.test(a) || /^[^:]+:\d+$/.test(a)) return a;
+    return `${a.includes(":") ? `[${a.replace(/^\[|\]$/g, "")}]` : a}:${port}`;
+  }
+  let chosen = host;
+  if (host === "0.0.0.0" || host === "::" || host === "") {
+    chosen = "127.0.0.1";
+    for (const list of Object.values(interfaces)) {
+      const v4 = list?.find((i) => i.family === "IPv4" && !i.internal);
+      if (v4) {
+        chosen = v4.address;
+        break;
+      }
+    }
+  }
+  return `${chosen.includes(":") ? `[${chosen}]` : chosen}:${port}`;
+}
 
 /** A running grpc-js server with health and reflection. */
 export interface RunningGrpcServer {
@@ -60,8 +100,7 @@ export async function startGrpcServer(
       err ? reject(err) : resolve(p),
     );
   });
-  const advertised = opts.host === "0.0.0.0" || opts.host === "::" ? "127.0.0.1" : opts.host;
-  const address = `${advertised.includes(":") ? `[${advertised}]` : advertised}:${port}`;
+  const address = advertisedAddress(opts.host, port, opts.advertise);
   return {
     server,
     health,

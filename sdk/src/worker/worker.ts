@@ -74,6 +74,11 @@ export interface WorkerOptions {
   etcd: string | Etcd3;
   /** Interface the gRPC server listens on. Default "127.0.0.1". */
   host: string;
+  /**
+   * The address registered in etcd for routers to dial: "host" or "host:port". Default "":
+   * the host listened on, or this machine's first non-internal IPv4 for 0.0.0.0.
+   */
+  advertise: string;
   /** Port; 0 picks a free one. Default 0. */
   port: number;
   /** Lease time to live, in seconds. Default 5. */
@@ -96,6 +101,7 @@ export interface WorkerOptions {
 const DEFAULT_WORKER_OPTIONS = Object.freeze({
   concurrency: 1,
   host: "127.0.0.1",
+  advertise: "",
   port: 0,
   leaseTtlSeconds: 5,
   prefix: "/dsat/v1/",
@@ -394,7 +400,7 @@ export async function createWorker(
     server = await startGrpcServer(
       [WorkerService],
       (s) => addService(s, WorkerService, { process: process_ }),
-      { host: opts.host, port: opts.port },
+      { host: opts.host, port: opts.port, advertise: opts.advertise },
     );
   } catch (err) {
     if (ownEtcd) etcd.close();
