@@ -8,7 +8,7 @@ let mesh: TestMesh;
 test.before(async () => {
   // --status-linger-ms 0: every step is stored as soon as it can be, so the doomed router's
   // DISPATCHED and RUNNING of the attempts it loses are in StatusService and the survivor
-  // records those attempts as lost. With the default linger, a router killed within 100 ms
+  // records those attempts as lost. With the default linger, a router killed within 250 ms
   // of such steps may take them with it (the survivor's history then shows one attempt,
   // also right); the chaos test kills routers with the default and checks nothing is lost.
   mesh = await startMesh({ leaseTtlSeconds: 2, routers: 2, routerArgs: ["--status-linger-ms", "0"] });

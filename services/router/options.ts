@@ -44,7 +44,7 @@ export interface RouterOptions {
   /**
    * How long a transition that nobody waits for may be held back, under load, so that more
    * of its task's steps share one write in StatusService, in milliseconds (the longest a
-   * Watch may see a step late). 0: every transition is sent as soon as it can be. Default 100.
+   * Watch may see a step late). 0: every transition is sent as soon as it can be. Default 250.
    */
   statusLingerMs: number;
   /** Reports in flight to StatusService at once (tasks spread over lanes by id). Default 1. */
@@ -68,7 +68,7 @@ export const DEFAULT_ROUTER_OPTIONS = Object.freeze({
   drainTimeoutMs: 30_000,
   satellite: "",
   stageWaitMs: 0,
-  statusLingerMs: 100,
+  statusLingerMs: 250,
   statusLanes: 1,
 });
 

@@ -40,7 +40,7 @@ export interface StatusReporterOptions {
   lanes: number;
   /**
    * How long a transition that nobody waits for may be held back while the lane is busy,
-   * in milliseconds (default 100; 0: never held). A held transition goes with the next
+   * in milliseconds (default 250; 0: never held). A held transition goes with the next
    * item of its task that someone waits for (the task's end, say), or after this long:
    * under load a task's steps share one write in StatusService. When the lane is idle a
    * transition goes at once, so at low load nothing waits.
@@ -57,7 +57,7 @@ const DEFAULT_STATUS_REPORTER_OPTIONS: Readonly<StatusReporterOptions> = Object.
   maxBatchBytes: 3 * 1024 * 1024,
   giveUpAfterMs: 60_000,
   lanes: 1,
-  lingerMs: 100,
+  lingerMs: 250,
 });
 
 /**
