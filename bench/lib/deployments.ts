@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createClient } from "@dsat/sdk";
 import { freePort, LocalEtcd } from "../../services/cli/local-etcd.ts";
-import { type BenchProcess, COMPILED_NODE_FLAGS, compiledEntry, startService, wrap } from "./processes.ts";
+import { type BenchProcess, COMPILED_NODE_FLAGS, compiledEntry, SERVICE_NODE_FLAGS, startService, wrap } from "./processes.ts";
 
 /** A system started for one scenario: its processes, and the driver that loads it. */
 export interface Deployment {
@@ -125,12 +125,12 @@ export async function startDsat(options: DsatDeploymentOptions): Promise<Deploym
       const common = ["--etcd", etcd.endpoint, "--lease-ttl", "5"];
       const [status, router] = await Promise.all([
         startService("status", compiledEntry("status"), common, {
-          baseFlags: COMPILED_NODE_FLAGS,
+          baseFlags: SERVICE_NODE_FLAGS,
           nodeFlags: options.statusNodeFlags ?? [],
           env: options.env ?? {},
         }),
         startService("router", compiledEntry("router"), [...common, ...options.routerArgs], {
-          baseFlags: COMPILED_NODE_FLAGS,
+          baseFlags: SERVICE_NODE_FLAGS,
           nodeFlags: options.routerNodeFlags,
           env: options.env ?? {},
         }),
@@ -145,7 +145,7 @@ export async function startDsat(options: DsatDeploymentOptions): Promise<Deploym
               `w${i + 1}`,
               compiledEntry("worker-host"),
               [...common, "--stage", w.stage, "--module", "bench/dsat/stages.ts", "--export", w.export, "--concurrency", String(w.concurrency)],
-              { baseFlags: COMPILED_NODE_FLAGS, env: { ...options.env, ...w.env } },
+              { baseFlags: SERVICE_NODE_FLAGS, env: { ...options.env, ...w.env } },
             ),
           ),
         );
