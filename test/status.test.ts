@@ -572,3 +572,31 @@ test("main.ts exits 1 with a clear message when etcd cannot be reached", async (
   t.is(out, "");
   t.regex(err, /^dsat status: cannot reach etcd at 127\.0\.0\.1:1/);
 });
+
+// ---------------------------------------------------------------------------- retention
+
+test("retention: an ended task's record goes from etcd once its lease runs out; an unfinished one stays", async (t) => {
+  const short = await StatusServer.start({ etcd: etcd.endpoint, taskRetentionMs: 2_000 });
+  t.teardown(() => short.close());
+  const ended = "retention-ended";
+  const running = "retention-running";
+  await createTasks([ended, running], "p", short.address);
+  for (const tr of lifecycle(ended, ["a"])) t.true((await reportOne(tr, short.address)).accepted);
+  t.true((await reportOne(step(running, "", 0, State.PENDING, State.RUNNING), short.address)).accepted);
+
+  const [endedKv] = (await kv.get(new Keys().task(ended)).exec()).kvs;
+  const [runningKv] = (await kv.get(new Keys().task(running)).exec()).kvs;
+  t.not(endedKv?.lease ?? "0", "0", "the ended task's record is under a lease");
+  t.is(runningKv?.lease ?? "0", "0", "an unfinished task's record is under none");
+  t.is((await clientTo(StatusService, short.address).getState({ taskId: ended })).state?.state, State.SUCCEEDED);
+
+  // 2 s of retention, buckets of 1 s: gone within 3 s of the last write (and etcd's lease
+  // checks run every 500 ms); the deadline leaves room for a slow machine.
+  const started = Date.now();
+  await waitFor(async () => (await codeOf(clientTo(StatusService, short.address).getState({ taskId: ended }))) === Code.NotFound, {
+    timeoutMs: 15_000,
+    what: "the ended task's record to expire",
+  });
+  t.log(`ended task's record gone ${Date.now() - started} ms after its end (retention 2000 ms)`);
+  t.is((await stored(running))?.state, State.RUNNING, "the unfinished task is still there");
+});

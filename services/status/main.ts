@@ -2,7 +2,7 @@
  * Runs one StatusServer as a process, until SIGTERM or SIGINT (then it closes and exits 0):
  *
  *   node --conditions=@dsat/source services/status/main.ts --etcd 127.0.0.1:2379 --port 0 \
- *     --host 127.0.0.1 --prefix /dsat/v1/ [--lease-ttl 5] [--id ID] [--lanes 1]
+ *     --host 127.0.0.1 --prefix /dsat/v1/ [--lease-ttl 5] [--id ID] [--lanes 1] [--task-retention-ms 3600000]
  *
  * Flags also come from DSAT_ETCD, DSAT_HOST, DSAT_PORT, DSAT_PREFIX, DSAT_LEASE_TTL. Once
  * serving it prints one line, `ready {"kind":"status","id":…,"address":…,"pid":…}`; when
@@ -20,8 +20,11 @@ await runService("status", async (flags) => {
     prefix: flags.prefix,
     leaseTtlSeconds: flags.leaseTtlSeconds,
     ...(typeof flags.rest.lanes === "string" ? { lanes: Number(flags.rest.lanes) } : {}),
+    ...(typeof flags.rest["task-retention-ms"] === "string"
+      ? { taskRetentionMs: Number(flags.rest["task-retention-ms"]) }
+      : {}),
     ...(flags.id ? { id: flags.id } : {}),
     ...(flags.metrics ? { metrics: flags.metrics } : {}),
   });
   return { id: server.id, address: server.address, close: () => server.close() };
-}, ["lanes"]);
+}, ["lanes", "task-retention-ms"]);

@@ -35,6 +35,12 @@ export interface StatusOptions {
   /** Times a batch is re-read and re-applied after another writer changed its tasks. Default 5. */
   maxConflictRetries: number;
   /**
+   * How long the record of a task that ended stays in etcd, in milliseconds (up to a tenth
+   * more): etcd deletes it when its lease runs out (see retention.ts). 0 keeps records
+   * forever. Default 3600000 (one hour).
+   */
+  taskRetentionMs: number;
+  /**
    * Batches written at once: tasks are spread over this many lanes by id, each lane writes
    * one batch at a time (routers use the same lanes). Default 4.
    */
@@ -62,6 +68,7 @@ export const DEFAULT_STATUS_OPTIONS: Readonly<StatusOptions> = Object.freeze({
   maxTxnBytes: 1024 * 1024,
   maxConflictRetries: 5,
   lanes: 1,
+  taskRetentionMs: 3_600_000,
   connectTimeoutMs: 3_000,
 });
 
@@ -85,6 +92,7 @@ export function resolveStatusOptions(options: Partial<StatusOptions> = {}): Stat
   check("maxTxnBytes", opts.maxTxnBytes, 1, Number.MAX_SAFE_INTEGER);
   check("maxConflictRetries", opts.maxConflictRetries, 0, Number.MAX_SAFE_INTEGER);
   check("lanes", opts.lanes, 1, 64);
+  check("taskRetentionMs", opts.taskRetentionMs, 0, 365 * 24 * 3_600_000);
   check("connectTimeoutMs", opts.connectTimeoutMs, 1, Number.MAX_SAFE_INTEGER);
   return opts;
 }

@@ -4,6 +4,7 @@ import {
   Code,
   type ConnectError,
   dsatError,
+  isTaskTerminal,
   Keys,
   type Logger,
   type ReportRequest,
@@ -18,6 +19,7 @@ import {
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IKeyValue, type IRequestOp } from "etcd3";
 import { laneOf } from "../common/lanes.ts";
 import { type Counter, type Histogram, SIZE_BUCKETS } from "../common/metrics.ts";
+import { RetentionLeases } from "./retention.ts";
 import { applyClaim, applyCreate, applyTransition, type Outcome } from "./apply-transition.ts";
 import { encodeTaskState, type EncodedParts, workingCopy } from "./state-encoding.ts";
 import type { StatusOptions } from "./options.ts";
@@ -25,7 +27,7 @@ import type { StatusOptions } from "./options.ts";
 /** The options a TaskStore uses. */
 export type TaskStoreOptions = Pick<
   StatusOptions,
-  "prefix" | "cacheSize" | "maxTxnOps" | "maxTxnBytes" | "maxConflictRetries" | "lanes" | "metrics"
+  "prefix" | "cacheSize" | "maxTxnOps" | "maxTxnBytes" | "maxConflictRetries" | "lanes" | "taskRetentionMs" | "metrics"
 >;
 
 /** The answer to one Report: an outcome per created task and per transition, in request order. */
@@ -66,6 +68,7 @@ export class TaskStore {
   readonly #opts: TaskStoreOptions;
   readonly #log: Logger;
   readonly #cache: StateCache;
+  readonly #retention: RetentionLeases;
   readonly #lanes: Lane[];
   #closed = false;
   readonly #txns: Counter | undefined;
@@ -77,6 +80,7 @@ export class TaskStore {
     this.#keys = new Keys(options.prefix);
     this.#log = logger;
     this.#cache = new StateCache(options.cacheSize);
+    this.#retention = new RetentionLeases(etcd, options.taskRetentionMs);
     this.#lanes = Array.from({ length: Math.max(1, Math.floor(options.lanes)) }, () => ({ queue: [], loop: undefined }));
     this.#txns = options.metrics?.counter(
       "dsat_status_etcd_txns_total",
@@ -262,10 +266,14 @@ export class TaskStore {
       for (const g of todo) this.#apply(g, stamp);
       const quiet = todo.filter((g) => !g.write && !g.guard);
       for (const g of quiet) this.#settle(g);
-      const chunks = this.#chunk(todo.filter((g) => g.write || g.guard));
+      const writes = todo.filter((g) => g.write || g.guard);
+      const chunks = this.#chunk(writes);
+      // Ended tasks are put under the retention lease of the moment (see retention.ts).
+      const lease =
+        this.#retention.enabled && writes.some((g) => g.ended && g.value) ? await this.#retention.current() : undefined;
       const again: TaskGroup[] = [];
       await mapLimit(chunks, TXN_CONCURRENCY, async (chunk) => {
-        again.push(...(await this.#commit(chunk)));
+        again.push(...(await this.#commit(chunk, lease)));
       });
       todo = [];
       for (const g of again) {
@@ -336,6 +344,7 @@ export class TaskStore {
       g.outcomes.push(outcome);
     }
     g.next = state;
+    g.ended = state !== undefined && isTaskTerminal(state.state);
     g.value = undefined;
     g.parts = undefined;
     if (g.write && state) {
@@ -374,7 +383,7 @@ export class TaskStore {
    * branch reading them in the same transaction would cost an encoded range request per
    * key on every transaction, for the rare one that needs it.)
    */
-  async #commit(chunk: TaskGroup[]): Promise<TaskGroup[]> {
+  async #commit(chunk: TaskGroup[], lease: string | undefined): Promise<TaskGroup[]> {
     const compare: ICompare[] = chunk.map((g) =>
       g.base
         ? { key: g.keyBytes, target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: g.base.modRevision }
@@ -382,7 +391,8 @@ export class TaskStore {
     );
     const success: IRequestOp[] = [];
     for (const g of chunk) {
-      if (g.value) success.push({ request_put: { key: g.keyBytes, value: g.value } });
+      if (!g.value) continue;
+      success.push({ request_put: g.ended && lease ? { key: g.keyBytes, value: g.value, lease } : { key: g.keyBytes, value: g.value } });
     }
     let res: Awaited<ReturnType<Etcd3["kv"]["txn"]>>;
     let current: (IKeyValue | undefined)[] = [];
@@ -401,6 +411,8 @@ export class TaskStore {
       // The transaction may or may not have been applied: forget what we knew, so that
       // the next report re-reads; a report sent again is then a harmless replay.
       const e = toDsatError(err);
+      // A retention lease that etcd no longer knows (a pause longer than the retention): take a new one.
+      if (/lease not found/i.test(e.message)) this.#retention.reset();
       this.#log.warn("writing task states failed", { tasks: chunk.length, error: e.message });
       for (const g of chunk) {
         this.#cache.delete(g.taskId);
@@ -555,6 +567,8 @@ interface TaskGroup {
   write: boolean;
   /** An answer depends on the base state being the newest: compare it. */
   guard: boolean;
+  /** The task has ended as a whole: its record is put under the retention lease. */
+  ended: boolean;
   value: Buffer | undefined;
   parts: EncodedParts | undefined;
   /** Times in a row that another writer changed the task first. */
@@ -573,6 +587,7 @@ function newGroup(taskId: string, key: string): TaskGroup {
     outcomes: [],
     write: false,
     guard: false,
+    ended: false,
     value: undefined,
     parts: undefined,
     conflicts: 0,
