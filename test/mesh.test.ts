@@ -122,3 +122,40 @@ test.serial("unknown pipeline is NOT_FOUND; empty or malformed requests are INVA
   const e = await t.throwsAsync(mesh.client.run("no-such-pipeline", {}));
   t.regex(e?.message ?? "", /pipeline "no-such-pipeline" not found/);
 });
+
+test.serial("progress: a handler's ctx.progress reaches a Watch live as RUNNING → RUNNING with its detail; the record keeps the latest", async (t) => {
+  await mesh.client.applyPipeline({ name: "progressing", stages: [{ name: "progress" }] });
+  const worker = await mesh.addWorker("progress", "progress");
+  await waitFor(
+    async () => (await mesh.client.listWorkers()).flatMap((v) => v.workers).some((w) => w.id === worker.id && w.connected),
+    { what: "the router to connect to the progress worker" },
+  );
+  const taskId = `progress-${Date.now()}`;
+  const seen: { detail: string; stageEnded: boolean }[] = [];
+  let stageEnded = false;
+  let opened = false;
+  const watching = (async () => {
+    const stream = clientTo(StatusService, mesh.status[0]?.address ?? "").watch(
+      { taskId, waitForTask: true },
+      { onHeader: () => (opened = true), timeoutMs: 20_000 },
+    );
+    for await (const r of stream) {
+      const tr = r.transition;
+      if (!tr) continue;
+      if (tr.stage === "progress" && tr.from === State.RUNNING && tr.to === State.RUNNING) seen.push({ detail: tr.detail, stageEnded });
+      if (tr.stage === "progress" && tr.to === State.SUCCEEDED) stageEnded = true;
+    }
+  })();
+  await waitFor(() => opened);
+  const r = await mesh.client.run("progressing", { ms: 300 }, { taskId, deadline: 15_000 });
+  await watching;
+  t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+  // Sent 300 ms apart to an idle router: each goes at once, and the Watch sees each live,
+  // before the stage's end.
+  t.deepEqual(seen.map((s) => s.detail), ["1/3", "2/3", "3/3"]);
+  t.true(seen.every((s) => !s.stageEnded));
+  const state = await mesh.client.getState(taskId, { history: true });
+  const kept = state.history.filter((h) => h.from === State.RUNNING && h.to === State.RUNNING);
+  t.deepEqual(kept.map((h) => h.detail), ["3/3"], "one progress entry per attempt: the latest");
+  await worker.stop();
+});

@@ -24,6 +24,7 @@ const STAGE_LEGAL = new Set([
   `${S.DISPATCHED}>${S.FAILED}`,
   `${S.DISPATCHED}>${S.TIMED_OUT}`,
   `${S.DISPATCHED}>${S.CANCELLED}`,
+  `${S.RUNNING}>${S.RUNNING}`,
   `${S.RUNNING}>${S.SUCCEEDED}`,
   `${S.RUNNING}>${S.FAILED}`,
   `${S.RUNNING}>${S.TIMED_OUT}`,

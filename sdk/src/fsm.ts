@@ -5,6 +5,7 @@ import { State } from "./gen/dsat/v1/task_pb.js";
  *
  *   PENDING -> DISPATCHED -> RUNNING -> SUCCEEDED | FAILED | TIMED_OUT | CANCELLED
  *   FAILED | TIMED_OUT -> RETRYING -> DISPATCHED
+ *   RUNNING -> RUNNING: progress (the worker's `detail`), any number of times
  *
  * DISPATCHED may also end in FAILED, TIMED_OUT or CANCELLED: a worker can be lost or a
  * task cancelled before the worker reported RUNNING. PENDING and RETRYING may end in
@@ -19,7 +20,7 @@ const STAGE_EDGES: ReadonlyMap<State, ReadonlySet<State>> = new Map<State, Reado
   ],
   [
     State.RUNNING,
-    new Set<State>([State.SUCCEEDED, State.FAILED, State.TIMED_OUT, State.CANCELLED]),
+    new Set<State>([State.RUNNING, State.SUCCEEDED, State.FAILED, State.TIMED_OUT, State.CANCELLED]),
   ],
   [State.FAILED, new Set<State>([State.RETRYING])],
   [State.TIMED_OUT, new Set<State>([State.RETRYING])],

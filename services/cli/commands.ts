@@ -112,7 +112,7 @@ export async function watch(client: DsatClient, taskId: string): Promise<number>
   let last: Transition | undefined;
   for await (const t of client.watch(taskId)) {
     last = t;
-    const note = t.error ? `${t.error.code}: ${t.error.message}` : t.port ? `port ${t.port}` : "";
+    const note = t.error ? `${t.error.code}: ${t.error.message}` : t.port ? `port ${t.port}` : t.detail;
     out(
       [
         when(t.time).padEnd(12),

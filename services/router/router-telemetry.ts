@@ -223,7 +223,8 @@ export class RouterTelemetry {
       return;
     }
     const byWorker = t.memberId !== this.#routerId;
-    if (t.to === State.RUNNING && t.time) st.runningAt = timestampMs(t.time);
+    // Progress (RUNNING -> RUNNING) does not restart the attempt's run time.
+    if (t.to === State.RUNNING && t.from !== State.RUNNING && t.time) st.runningAt = timestampMs(t.time);
     const inDispatch = st.dispatch !== undefined && st.dispatchAttempt === t.attempt;
     // The worker records its own transitions on its span; the router records its own here.
     if (!byWorker) {

@@ -195,3 +195,31 @@ test("a transition without a task id is refused", (t) => {
   t.false(o.accepted);
   t.regex(o.reason, /task_id/);
 });
+
+test("progress: RUNNING -> RUNNING keeps the latest detail per attempt, a repeat is a replay, startedAt stays", (t) => {
+  const now = timestampFromMs(1_700_000_000_000);
+  const later = timestampFromMs(1_700_000_005_000);
+  const state = applyCreate(undefined, create(TaskSchema, { id: "p1", pipeline: "p" }), "r", now).state as TaskState;
+  const go = (from: State, to: State, extra: { detail?: string } = {}, at = now) =>
+    applyTransition(state, create(TransitionSchema, { taskId: "p1", stage: "s", attempt: 1, from, to, time: at, ...extra }), now);
+  t.true(go(State.UNSPECIFIED, State.PENDING).accepted);
+  t.true(go(State.PENDING, State.DISPATCHED).accepted);
+  t.true(go(State.DISPATCHED, State.RUNNING).accepted);
+  const started = state.stages[0]?.startedAt;
+  const a = go(State.RUNNING, State.RUNNING, { detail: "10%" }, later);
+  t.true(a.accepted && !a.duplicate);
+  t.true(go(State.RUNNING, State.RUNNING, { detail: "10%" }, later).duplicate, "the same detail again is a replay");
+  const b = go(State.RUNNING, State.RUNNING, { detail: "50%" }, later);
+  t.true(b.accepted && !b.duplicate);
+  const progress = state.history.filter((h) => h.from === State.RUNNING && h.to === State.RUNNING);
+  t.deepEqual(
+    progress.map((h) => h.detail),
+    ["50%"],
+    "the latest progress replaced the one before it",
+  );
+  t.is(state.history.at(-1)?.seq, state.seq, "the replacing entry has the newest seq");
+  t.deepEqual(state.stages[0]?.startedAt, started, "progress does not move the start of the attempt");
+  t.is(state.stages[0]?.state, State.RUNNING);
+  t.true(go(State.RUNNING, State.SUCCEEDED).accepted);
+  t.false(go(State.RUNNING, State.RUNNING, { detail: "late" }).accepted, "no progress after the attempt ended");
+});

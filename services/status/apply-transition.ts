@@ -94,6 +94,10 @@ export function applyCreate(
  *   transition, which is what keeps its terminal result unique.
  * - An accepted transition gets the next seq, the time `now` when it has none, and is
  *   appended to the history; the stage (or the task) moves to its `to`.
+ * - Progress (a stage's RUNNING -> RUNNING, with the worker's `detail`) is a replay only
+ *   when its detail repeats the latest one; it replaces a progress entry that is the last
+ *   of the history for the same attempt, so that a chatty handler keeps one entry per
+ *   attempt, not one per report (its seq is new: Watch sends it as a step).
  */
 export function applyTransition(
   state: TaskState | undefined,
@@ -120,7 +124,12 @@ export function applyTransition(
   t.seq = state.seq + 1n;
   if (!t.time) t.time = now;
   state.seq = t.seq;
-  state.history.push(t);
+  const last = state.history[state.history.length - 1];
+  if (isProgress(t) && last && isProgress(last) && last.stage === t.stage && last.attempt === t.attempt) {
+    state.history[state.history.length - 1] = t;
+  } else {
+    state.history.push(t);
+  }
   state.updatedAt = now;
   if (t.stage === "") moveTask(state, t);
   else moveStage(state, t);
@@ -143,9 +152,22 @@ export function applyClaim(state: TaskState | undefined, taskId: string, from: s
 
 /** True when the same step of the same attempt at the same stage is already stored. */
 function isReplay(state: TaskState, t: Transition): boolean {
+  if (isProgress(t)) {
+    // Progress repeats: only the same detail as the latest progress of that attempt is a replay.
+    for (let i = state.history.length - 1; i >= 0; i--) {
+      const h = state.history[i] as Transition;
+      if (h.stage === t.stage && h.attempt === t.attempt && isProgress(h)) return h.detail === t.detail;
+    }
+    return false;
+  }
   return state.history.some(
     (h) => h.stage === t.stage && h.attempt === t.attempt && h.from === t.from && h.to === t.to,
   );
+}
+
+/** A stage's progress report: RUNNING -> RUNNING. */
+function isProgress(t: Transition): boolean {
+  return t.stage !== "" && t.from === State.RUNNING && t.to === State.RUNNING;
 }
 
 function checkTaskLevel(state: TaskState, t: Transition): string | undefined {
@@ -196,6 +218,6 @@ function moveStage(state: TaskState, t: Transition): void {
     stage.endedAt = undefined;
   }
   if (t.error) stage.error = t.error;
-  if (t.to === State.RUNNING) stage.startedAt = t.time;
+  if (t.to === State.RUNNING && t.from !== State.RUNNING) stage.startedAt = t.time;
   if (isTaskTerminal(t.to)) stage.endedAt = t.time;
 }

@@ -45,8 +45,9 @@ export function encodeTaskState(
       : state.task
         ? field(TASK_FIELD, toBinary(TaskSchema, state.task))
         : new Uint8Array(0);
-  let reused = 0;
-  if (previous && startsWith(state.history, previous.historyRefs)) reused = previous.historyRefs.length;
+  // The entries already encoded, as long as the history still starts with them (a progress
+  // entry may have been replaced at the end).
+  const reused = previous ? commonPrefix(state.history, previous.historyRefs) : 0;
   const history = previous ? previous.history.slice(0, reused) : [];
   for (let i = reused; i < state.history.length; i++) {
     history.push(encodeTransitionField(HISTORY_FIELD, state.history[i] as Transition));
@@ -69,10 +70,11 @@ export function workingCopy(state: TaskState): TaskState {
   };
 }
 
-function startsWith(history: readonly Transition[], prefix: readonly Transition[]): boolean {
-  if (prefix.length > history.length) return false;
-  for (let i = 0; i < prefix.length; i++) if (history[i] !== prefix[i]) return false;
-  return true;
+function commonPrefix(history: readonly Transition[], encoded: readonly Transition[]): number {
+  const n = Math.min(history.length, encoded.length);
+  let i = 0;
+  while (i < n && history[i] === encoded[i]) i++;
+  return i;
 }
 
 /** A length-delimited field: its tag (field numbers below 16), its length, then body. */

@@ -37,7 +37,19 @@ export interface TaskContext {
   /** When this attempt must end (the stage timeout or the task deadline, the earlier). */
   readonly deadline: Date;
   readonly workerId: string;
+  /**
+   * Reports progress of this attempt: a RUNNING → RUNNING transition with `detail` (at most
+   * 1,024 characters), which StatusService keeps (the latest one per attempt) and Watch
+   * streams. Sent at most every 100 ms; what comes faster is coalesced into the latest, and
+   * dropped when the attempt ends first. Does nothing once the attempt has ended.
+   */
+  progress(detail: string): void;
 }
+
+/** Progress of one attempt goes at most this often; faster calls keep only the latest. */
+const PROGRESS_INTERVAL_MS = 100;
+/** Longest progress detail kept, in characters. */
+const MAX_PROGRESS_DETAIL = 1024;
 
 const ROUTE = Symbol("dsat.route");
 
@@ -195,7 +207,7 @@ export async function createWorker(
     a: Assignment,
     from: State,
     to: State,
-    extra: { error?: TaskError; output?: Uint8Array; port?: string } = {},
+    extra: { error?: TaskError; output?: Uint8Array; port?: string; detail?: string } = {},
   ) =>
     create(TransitionSchema, {
       taskId: a.task?.id ?? "",
@@ -270,10 +282,31 @@ export async function createWorker(
     // Undefined when tracing is off: then no span object is made.
     const span = AttemptSpan.start(activeTracer(), a, id);
     let done = false;
+    let progressAt = 0;
+    let progressTimer: NodeJS.Timeout | undefined;
+    let progressDetail: string | undefined;
+    const sendProgress = () => {
+      progressTimer = undefined;
+      if (done || progressDetail === undefined) return;
+      const t = transition(a, State.RUNNING, State.RUNNING, { detail: progressDetail });
+      progressDetail = undefined;
+      progressAt = performance.now();
+      span?.transition(t);
+      link.send(t);
+    };
+    const progress = (detail: string) => {
+      if (done) return;
+      progressDetail = String(detail).slice(0, MAX_PROGRESS_DETAIL);
+      if (progressTimer) return;
+      const wait = progressAt + PROGRESS_INTERVAL_MS - performance.now();
+      if (wait <= 0) sendProgress();
+      else progressTimer = setTimeout(sendProgress, wait);
+    };
     const finish = (to: State, error?: TaskError, output?: Uint8Array, port?: string) => {
       if (done) return;
       done = true;
       clearTimeout(timer);
+      clearTimeout(progressTimer);
       running.delete(key);
       const ms = performance.now() - started;
       runMsAvg = runMsAvg === 0 ? ms : runMsAvg * 0.9 + ms * 0.1;
@@ -304,6 +337,7 @@ export async function createWorker(
       signal: controller.signal,
       deadline: new Date(deadlineMs),
       workerId: id,
+      progress,
     };
     Promise.resolve()
       .then(() => (span ? span.run(() => opts.handler(new Payload(task.payload), ctx)) : opts.handler(new Payload(task.payload), ctx)))
