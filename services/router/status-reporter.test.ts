@@ -79,7 +79,8 @@ const ids = (r: ReportRequest) => r.transitions.map((t) => `${t.taskId}:${t.stag
 test("an idle reporter sends a transition at once; while busy, a task's steps are held and go with its awaited one, in order", async (t) => {
   const peer = await startPeer();
   t.teardown(() => peer.server.close());
-  const r = reporter(peer, { lingerMs: 60_000 });
+  // idleReleaseBelow 0: held steps wait for their task's awaited item even at low load.
+  const r = reporter(peer, { lingerMs: 60_000, idleReleaseBelow: 0 });
   t.teardown(() => r.close());
 
   r.send(step("a", "s1", State.UNSPECIFIED, State.PENDING));
@@ -109,7 +110,7 @@ test("an idle reporter sends a transition at once; while busy, a task's steps ar
 test("a held transition goes by itself once it has waited lingerMs", async (t) => {
   const peer = await startPeer();
   t.teardown(() => peer.server.close());
-  const r = reporter(peer, { lingerMs: 50 });
+  const r = reporter(peer, { lingerMs: 50, idleReleaseBelow: 0 });
   t.teardown(() => r.close());
   peer.holdAnswers = true;
   const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
@@ -171,4 +172,44 @@ test("with several lanes, Reports of different tasks are in flight at once", asy
   peer.holdAnswers = false;
   for (const answer of peer.pending.splice(0)) answer();
   await Promise.all(done);
+});
+
+test("at low load (the last Report was small) a lane that goes idle sends what it held at once", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { lingerMs: 60_000, idleReleaseBelow: 64 });
+  t.teardown(() => r.close());
+  peer.holdAnswers = true;
+  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
+  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the busy report" });
+  r.send(step("f", "s1", State.DISPATCHED, State.RUNNING));
+  t.is(r.backlog, 2, "held while the lane is busy");
+  peer.holdAnswers = false;
+  for (const answer of peer.pending.splice(0)) answer();
+  await busy;
+  // No 60 s linger: the Report in flight had one item, so the lane let go once idle.
+  await waitFor(() => peer.reports.length === 2, { timeoutMs: 5_000, what: "the held step's report" });
+  t.deepEqual(ids(peer.reports[1] as ReportRequest), ["f:s1:RUNNING"]);
+});
+
+test("under load (the last Report was large) an idle lane keeps holding until the task's awaited item", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { lingerMs: 60_000, idleReleaseBelow: 64 });
+  t.teardown(() => r.close());
+  peer.holdAnswers = true;
+  const busy = Array.from({ length: 100 }, (_, i) => r.sendDurable(step(`load-${i}`, "", State.PENDING, State.RUNNING)));
+  await waitFor(() => peer.reports.length >= 1, { timeoutMs: 5_000, what: "the busy report" });
+  await waitFor(() => peer.reports.reduce((n, rep) => n + rep.transitions.length, 0) === 100 || peer.pending.length > 0, {
+    timeoutMs: 5_000,
+    what: "the 100 items to be in flight",
+  });
+  r.send(step("g", "s1", State.DISPATCHED, State.RUNNING));
+  peer.holdAnswers = false;
+  for (const answer of peer.pending.splice(0)) answer();
+  await Promise.all(busy);
+  t.is(r.backlog, 1, "still held: the Report before it was large");
+  const end = r.sendDurable(step("g", "", State.RUNNING, State.SUCCEEDED));
+  await end;
+  t.deepEqual(ids(peer.reports.at(-1) as ReportRequest), ["g:s1:RUNNING", "g::SUCCEEDED"]);
 });

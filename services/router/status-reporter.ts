@@ -46,6 +46,13 @@ export interface StatusReporterOptions {
    * transition goes at once, so at low load nothing waits.
    */
   lingerMs: number;
+  /**
+   * A lane whose last Report carried fewer items than this, and that has nothing else to
+   * send, sends what it holds at once (default 64; 0: never): a small Report means low
+   * load, where holding would only delay what a Watch sees. Under load Reports are large
+   * and the lane keeps holding.
+   */
+  idleReleaseBelow: number;
   /** Told when StatusService refuses a transition because another router drives the task now. */
   onNotOwner?: (taskId: string, reason: string) => void;
   /** Told of every transition queued by send or sendDurable, in order (for telemetry). Default none. */
@@ -58,6 +65,7 @@ const DEFAULT_STATUS_REPORTER_OPTIONS: Readonly<StatusReporterOptions> = Object.
   giveUpAfterMs: 60_000,
   lanes: 1,
   lingerMs: 250,
+  idleReleaseBelow: 64,
 });
 
 /**
@@ -256,7 +264,10 @@ class Lane {
   }
 
   async #loop(): Promise<void> {
+    let last = Number.POSITIVE_INFINITY;
     while (!this.#closed) {
+      // Idle after a small Report (low load): what was held goes now rather than wait.
+      if (this.#queue.length === 0 && last < this.#opts.idleReleaseBelow) this.#releaseAll();
       if (this.#queue.length === 0) break;
       const batch = this.#queue.slice(0, this.#batchLength());
       const started = Date.now();
@@ -279,6 +290,7 @@ class Lane {
           backoff = Math.min(backoff * 2, 1_000);
         }
       }
+      last = batch.length;
       if (batch.length === 0) continue;
       this.#queue.splice(0, batch.length);
       for (const it of batch) it.done?.resolve();
