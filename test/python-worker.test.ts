@@ -1,6 +1,7 @@
 // The Python reference worker (examples/python-worker) in a real mesh: real etcd, status,
 // router and TypeScript workers as processes, Python workers as /usr/bin/python3 processes.
 import { spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import test from "ava";
 import {
@@ -12,8 +13,10 @@ import {
   type ProcessRequest,
   ProcessRequestSchema,
   State,
+  StatusService,
   stateName,
   type TaskState,
+  type Transition,
   WorkerService,
 } from "@dsat/sdk";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../sdk/src/gen/grpc/health/v1/health_pb.js";
@@ -22,7 +25,9 @@ import {
   type ServerReflectionRequest,
   ServerReflectionRequestSchema,
 } from "../sdk/src/gen/grpc/reflection/v1/reflection_pb.js";
+import { Span_SpanKind } from "../sdk/src/gen/opentelemetry/proto/trace/v1/trace_pb.js";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from "./helpers/otlp-receiver.ts";
 import { ROOT, type ServiceProcess, startProcess } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -34,17 +39,25 @@ interface Trail {
 const PYTHON = "/usr/bin/python3";
 const pythonWorkers: ServiceProcess[] = [];
 let mesh: TestMesh;
+/** Where the Python workers that trace send their spans (the mesh's own processes do not trace). */
+let receiver: OtlpReceiver;
 
 /**
  * Starts examples/python-worker/main.py for a stage and waits for its `ready` line: the same
- * shape as the TypeScript services' ServiceProcess, so tests treat both alike.
+ * shape as the TypeScript services' ServiceProcess, so tests treat both alike. `env` adds to
+ * the test's environment (undefined removes a variable).
  */
-async function startPythonWorker(stage: string, handler: string, extra: string[] = []): Promise<ServiceProcess> {
+async function startPythonWorker(
+  stage: string,
+  handler: string,
+  extra: string[] = [],
+  env: Record<string, string | undefined> = {},
+): Promise<ServiceProcess> {
   const p = await startProcess(
     `python worker ${stage}`,
     PYTHON,
     ["examples/python-worker/main.py", "--etcd", mesh.etcd.endpoint, "--lease-ttl", "2", "--stage", stage, "--handler", handler, ...extra],
-    { PYTHONDONTWRITEBYTECODE: "1", DSAT_EXIT_WITH_PARENT: undefined },
+    { PYTHONDONTWRITEBYTECODE: "1", DSAT_EXIT_WITH_PARENT: undefined, ...env },
   );
   pythonWorkers.push(p);
   return p;
@@ -70,6 +83,34 @@ async function storedState(taskId: string, end: State): Promise<TaskState> {
   }, { what: `StatusService to store task ${taskId} as ${stateName(end)}` });
 }
 
+/** An environment without the test's own OTEL_* variables: a process started with it does not trace. */
+function untracedEnv(): Record<string, string | undefined> {
+  return Object.fromEntries(Object.keys(process.env).filter((k) => k.startsWith("OTEL_")).map((k) => [k, undefined]));
+}
+
+/** The environment of a Python worker that traces to this file's OTLP receiver: only these OTEL_* variables. */
+function tracedEnv(extra: Record<string, string> = {}): Record<string, string | undefined> {
+  return { ...untracedEnv(), OTEL_TRACES_EXPORTER: "otlp", OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint, ...extra };
+}
+
+/** A W3C trace context of our own, as a client that traces would send it in the task's headers. */
+function clientTraceContext(sampled: boolean): { traceId: string; spanId: string; traceparent: string } {
+  const traceId = randomBytes(16).toString("hex");
+  const spanId = randomBytes(8).toString("hex");
+  return { traceId, spanId, traceparent: `00-${traceId}-${spanId}-${sampled ? "01" : "00"}` };
+}
+
+/** The one span of a task's attempt at the receiver, once it has come. */
+async function runSpanOf(taskId: string): Promise<ReceivedSpan> {
+  return waitFor(() => receiver.spans.find((s) => s.attributes["dsat.task.id"] === taskId), {
+    timeoutMs: 15_000,
+    what: `the Python worker's span of task ${taskId} at the OTLP receiver`,
+  });
+}
+
+/** A transition's time in nanoseconds since the epoch, as OTLP carries it. */
+const nanos = (tr: Transition | undefined) => (tr?.time ? tr.time.seconds * 1_000_000_000n + BigInt(tr.time.nanos) : -1n);
+
 /** An etcd client, as the SDK makes it. */
 type Etcd = ReturnType<typeof connectEtcd>;
 
@@ -81,7 +122,9 @@ test.before(async (t) => {
     t.fail(`scripts/ensure-python.sh failed (${gen.status ?? gen.signal}):\n${gen.stdout}\n${gen.stderr}`);
     throw new Error("the Python worker cannot run without its packages and stubs");
   }
-  mesh = await startMesh({ leaseTtlSeconds: 2 });
+  receiver = await startOtlpReceiver();
+  // The router does not trace, so a client's traceparent reaches the workers as it was sent.
+  mesh = await startMesh({ leaseTtlSeconds: 2, env: untracedEnv() });
   await Promise.all([
     mesh.client.applyPipeline({ name: "mixed", stages: [{ name: "add" }, { name: "shout" }, { name: "double" }] }),
     mesh.client.applyPipeline({ name: "py-throws", stages: [{ name: "explode" }] }),
@@ -90,12 +133,17 @@ test.before(async (t) => {
     mesh.client.applyPipeline({ name: "py-cancels", stages: [{ name: "pycancel" }] }),
     mesh.client.applyPipeline({ name: "py-drains", stages: [{ name: "pydrain" }] }),
     mesh.client.applyPipeline({ name: "py-reregisters", stages: [{ name: "pyreg" }] }),
+    mesh.client.applyPipeline({ name: "py-traced", stages: [{ name: "pytraced" }] }),
+    mesh.client.applyPipeline({ name: "py-traced-fails", stages: [{ name: "pytracefail" }] }),
+    mesh.client.applyPipeline({ name: "py-progress", stages: [{ name: "pyprogress" }] }),
+    mesh.client.applyPipeline({ name: "py-progress-burst", stages: [{ name: "pyburst" }] }),
   ]);
 });
 
 test.after.always(async () => {
   await Promise.all(pythonWorkers.map((p) => p.kill9()));
   await mesh?.close();
+  await receiver?.close();
 });
 
 test.serial("a mixed pipeline TypeScript -> Python -> TypeScript: every task succeeds and outputs chain", async (t) => {
@@ -315,4 +363,149 @@ test.serial("a worker that loses its lease while it runs a task gets tasks again
   } finally {
     etcd.close();
   }
+});
+
+test.serial("a Python worker with OTEL_* set exports a run span per attempt, child of the task's traceparent, each transition it made an event", async (t) => {
+  const w = await startPythonWorker("pytraced", "stages:shout", [], tracedEnv());
+  t.true(w.tracing, "its ready line says it traces");
+  await connected(w.id);
+  // Parent-based sampling (the default): a client context that is not sampled gets no span.
+  const unsampled = await mesh.client.run("py-traced", { v: 1, path: [] }, { headers: { traceparent: clientTraceContext(false).traceparent } });
+  t.is(stateName(unsampled.state), "SUCCEEDED", unsampled.error?.message);
+
+  const client = clientTraceContext(true);
+  const r = await mesh.client.run("py-traced", { v: 2, path: [] }, { headers: { traceparent: client.traceparent, tracestate: "dsat=test" } });
+  t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+  const span = await runSpanOf(r.taskId);
+  t.is(span.service, "dsat-worker");
+  t.is(span.name, "run pytraced");
+  t.is(span.kind, Span_SpanKind.CONSUMER);
+  // The router does not trace here, so the client's context reaches the worker as it was sent.
+  t.is(span.traceId, client.traceId, "the trace of the task's traceparent");
+  t.is(span.parentSpanId, client.spanId, "a child of the task's traceparent");
+  t.regex(span.spanId, /^[0-9a-f]{16}$/);
+  t.not(span.spanId, client.spanId);
+  t.deepEqual(span.attributes, {
+    "dsat.task.id": r.taskId,
+    "dsat.pipeline": "py-traced",
+    "dsat.stage": "pytraced",
+    "dsat.attempt": 1,
+    "dsat.worker.id": w.id,
+    "dsat.state": "SUCCEEDED",
+  });
+  t.is(span.statusCode, 0, "SUCCEEDED is no error");
+
+  // Its events are the transitions it made, in order, each at the time StatusService stored for it.
+  t.deepEqual(span.events.map((e) => e.name), ["RUNNING", "SUCCEEDED"]);
+  await storedState(r.taskId, State.SUCCEEDED);
+  const { history } = await mesh.client.getState(r.taskId, { history: true });
+  for (const e of span.events) {
+    t.deepEqual(e.attributes, { "dsat.task.id": r.taskId, "dsat.stage": "pytraced", "dsat.attempt": 1, "dsat.state": e.name, "dsat.worker.id": w.id });
+    t.is(e.timeUnixNano, nanos(history.find((h) => h.stage === "pytraced" && stateName(h.to) === e.name)), `time of ${e.name}`);
+  }
+  t.true(span.startTimeUnixNano <= (span.events[0]?.timeUnixNano ?? 0n) && (span.events.at(-1)?.timeUnixNano ?? 0n) <= span.endTimeUnixNano);
+  // The unsampled task's span ended first: had it been exported, it would have come no later.
+  t.false(receiver.spans.some((s) => s.attributes["dsat.task.id"] === unsampled.taskId), "no span for an unsampled parent");
+  await w.kill9();
+});
+
+test.serial("a traced Python worker exports what it buffered when SIGTERM drains it; a failed attempt's span has status ERROR", async (t) => {
+  // Exports would wait 10 minutes: only the flush on the way out can deliver the span.
+  const w = await startPythonWorker("pytracefail", "stages:explode", [], tracedEnv({ OTEL_BSP_SCHEDULE_DELAY: "600000", OTEL_SERVICE_NAME: "py-exploder" }));
+  await connected(w.id);
+  const client = clientTraceContext(true);
+  const r = await mesh.client.run("py-traced-fails", "x", { headers: { traceparent: client.traceparent } });
+  t.is(stateName(r.state), "FAILED");
+  await storedState(r.taskId, State.FAILED);
+  t.false(receiver.spans.some((s) => s.attributes["dsat.task.id"] === r.taskId), "nothing exported before the drain");
+  w.child.kill("SIGTERM");
+  t.is(await w.exited, 0, w.stderr());
+  const span = await runSpanOf(r.taskId);
+  t.is(span.service, "py-exploder", "OTEL_SERVICE_NAME names the service");
+  t.is(span.parentSpanId, client.spanId);
+  t.is(span.statusCode, 2);
+  t.is(span.statusMessage, 'UNKNOWN: python boom on "x"');
+  t.is(span.attributes["dsat.state"], "FAILED");
+  t.is(span.attributes["dsat.error.code"], "UNKNOWN");
+  t.is(span.attributes["dsat.error.message"], 'python boom on "x"');
+  t.deepEqual(span.events.map((e) => e.name), ["RUNNING", "FAILED"]);
+  t.like(span.events[1]?.attributes, { "dsat.state": "FAILED", "dsat.error.code": "UNKNOWN", "dsat.error.message": 'python boom on "x"' });
+});
+
+/**
+ * Runs a task of `pipeline` while watching it on StatusService from before its start, and
+ * returns how it ended and the progress of `stage` the Watch saw live, with whether the stage
+ * had ended by then.
+ */
+async function runWatchingProgress(pipeline: string, stage: string, payload: unknown) {
+  const taskId = `${pipeline}-${Date.now()}`;
+  const seen: { detail: string; at: bigint; stageEnded: boolean }[] = [];
+  let stageEnded = false;
+  let opened = false;
+  const watching = (async () => {
+    const stream = clientTo(StatusService, mesh.status[0]?.address ?? "").watch(
+      { taskId, waitForTask: true },
+      { onHeader: () => (opened = true), timeoutMs: 20_000 },
+    );
+    for await (const res of stream) {
+      const tr = res.transition;
+      if (!tr || tr.stage !== stage) continue;
+      if (tr.from === State.RUNNING && tr.to === State.RUNNING) seen.push({ detail: tr.detail, at: nanos(tr), stageEnded });
+      if (tr.to === State.SUCCEEDED) stageEnded = true;
+    }
+  })();
+  await waitFor(() => opened, { what: "the Watch to open" });
+  const result = await mesh.client.run(pipeline, payload, { taskId, deadline: 15_000 });
+  await watching;
+  return { result, seen };
+}
+
+test.serial("progress from a Python handler reaches a Watch live as RUNNING -> RUNNING with its details in order; the record keeps the latest", async (t) => {
+  const w = await startPythonWorker("pyprogress", "stages:progress3", [], tracedEnv());
+  await connected(w.id);
+  const { result: r, seen } = await runWatchingProgress("py-progress", "pyprogress", { ms: 300 });
+  t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+  t.deepEqual(r.output.json(), { ms: 300 }, "progress3 returns its input");
+  // Sent 300 ms apart: each goes at once, and the Watch sees each live, before the stage's end.
+  t.deepEqual(seen.map((s) => s.detail), ["1/3", "2/3", "3/3"]);
+  t.true(seen.every((s) => !s.stageEnded), "every progress came before the stage ended");
+  await storedState(r.taskId, State.SUCCEEDED);
+  const state = await mesh.client.getState(r.taskId, { history: true });
+  const kept = state.history.filter((h) => h.from === State.RUNNING && h.to === State.RUNNING);
+  t.deepEqual(kept.map((h) => h.detail), ["3/3"], "one progress entry per attempt: the latest");
+  t.is(kept[0]?.workerId, w.id);
+  // Tracing on: each progress is a RUNNING event of the attempt's span, at its own time.
+  const span = await runSpanOf(r.taskId);
+  t.deepEqual(span.events.map((e) => e.name), ["RUNNING", "RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"]);
+  t.deepEqual(span.events.slice(1, 4).map((e) => e.timeUnixNano), seen.map((s) => s.at));
+  await w.kill9();
+});
+
+test.serial("Python progress goes at most every 100 ms: what comes faster is coalesced into the latest, and what waits at the end is dropped", async (t) => {
+  // Traced, so that the span shows every progress the worker sent: the router may hold a
+  // step back (--status-linger-ms) and StatusService keeps only the latest of an attempt, so
+  // a Watch need not see them all.
+  const w = await startPythonWorker("pyburst", "stages:progress_burst", [], tracedEnv());
+  await connected(w.id);
+  const { result: r, seen } = await runWatchingProgress("py-progress-burst", "pyburst", null);
+  t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+  // Sent: "1" at once; of "2" … "100", which came within 100 ms of it, only "100", 100 ms
+  // later; "last" 300 ms on, at once; "dropped" right after it would wait 100 ms, but the
+  // attempt ends first.
+  const span = await runSpanOf(r.taskId);
+  t.deepEqual(span.events.map((e) => e.name), ["RUNNING", "RUNNING", "RUNNING", "RUNNING", "SUCCEEDED"], "three progress reports sent");
+  const sent = span.events.slice(1, 4).map((e) => e.timeUnixNano);
+  const gapMs = Number((sent[1] ?? 0n) - (sent[0] ?? 0n)) / 1e6;
+  t.true(gapMs >= 99, `the coalesced report went 100 ms after the first, not ${gapMs} ms`);
+  await storedState(r.taskId, State.SUCCEEDED);
+  const state = await mesh.client.getState(r.taskId, { history: true });
+  const kept = state.history.filter((h) => h.from === State.RUNNING && h.to === State.RUNNING);
+  t.deepEqual(kept.map((h) => h.detail), ["last"], "the latest sent is \"last\", not \"dropped\"");
+  t.is(nanos(kept[0]), sent[2] ?? 0n, "the third report sent is \"last\"");
+  // What the Watch saw is some of the three, in order, never one of those coalesced away.
+  const details = seen.map((s) => s.detail);
+  t.deepEqual(details, ["1", "100", "last"].filter((d) => details.includes(d)), details.join(", "));
+  t.is(details.at(-1), "last");
+  t.true(seen.every((s) => !s.stageEnded));
+  await w.kill9();
 });

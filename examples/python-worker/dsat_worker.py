@@ -6,26 +6,33 @@ A worker serves one stage of a pipeline. It
 2. serves ``dsat.v1.WorkerService.Process``: each router opens one bidirectional stream,
    sends assignments and cancels down it, and reads transitions and load reports back;
 3. runs every assignment inside the FSM wrapper (``Worker``): RUNNING, then exactly one of
-   SUCCEEDED, FAILED, TIMED_OUT or CANCELLED, with the stage's timeout enforced here.
+   SUCCEEDED, FAILED, TIMED_OUT or CANCELLED, with the stage's timeout enforced here, and
+   any progress the handler reports (RUNNING -> RUNNING) in between;
+4. when the OTEL_* variables ask for traces (``start_tracing``), makes a span per attempt,
+   ``run <stage>``, a child of the task's ``traceparent``, with each transition as an event.
 
 Its behaviour matches the TypeScript runtime (sdk/src/worker/worker.ts); the protocol is
 written down in docs/worker-protocol.md. It needs only Debian's python3-grpcio and
-python3-protobuf and the stubs that scripts/ensure-python.sh generates into gen/.
+python3-protobuf and the stubs that scripts/ensure-python.sh generates into gen/; spans go
+out over OTLP/HTTP through otlp_tracing.py beside it.
 
-    from dsat_worker import Worker, route_to
+    from dsat_worker import Worker, route_to, start_tracing
 
     def shout(payload, ctx):
         return {"v": payload.json()["v"] * 10}
 
+    tracing = start_tracing()  # reads OTEL_*; does nothing when they ask for no traces
     worker = Worker(stage="shout", handler=shout, etcd="127.0.0.1:2379", concurrency=4)
     worker.start()
     ...
     worker.drain()
+    tracing.shutdown()         # exports the spans still buffered
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import heapq
 import itertools
 import json
@@ -55,6 +62,7 @@ import grpc  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 from google.protobuf.timestamp_pb2 import Timestamp  # noqa: E402
 
+import otlp_tracing  # noqa: E402
 from dsat.v1 import member_pb2, task_pb2, worker_pb2, worker_pb2_grpc  # noqa: E402
 from standard_services import NOT_SERVING, SERVING, HealthService, ReflectionService  # noqa: E402
 
@@ -70,6 +78,7 @@ __all__ = [
     "is_compatible",
     "parse_version",
     "route_to",
+    "start_tracing",
 ]
 
 # ---------------------------------------------------------------------------- versions
@@ -236,10 +245,22 @@ class TaskContext:
     worker_id: str
     #: Why ``cancelled`` was set (empty until then).
     cancel_reason: str = ""
+    #: The W3C traceparent to pass on to whatever the handler calls: this attempt's span when
+    #: the worker traces, else the task's own header ("" when it has none).
+    traceparent: str = ""
+    _report: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     def remaining(self) -> float:
         """Seconds left before the deadline (0 when passed)."""
         return max(0.0, self.deadline - time.time())
+
+    def progress(self, detail: str) -> None:
+        """Reports progress of this attempt: a RUNNING -> RUNNING transition with ``detail``
+        (cut to 1,024 characters), which StatusService keeps (the latest one per attempt) and
+        Watch streams. Sent at most every 100 ms; what comes faster is coalesced into the
+        latest, and dropped when the attempt ends first. Does nothing once it has ended."""
+        if self._report is not None:
+            self._report(detail)
 
 
 Handler = Callable[[Payload, TaskContext], Any]
@@ -443,11 +464,91 @@ FAILED = task_pb2.STATE_FAILED
 TIMED_OUT = task_pb2.STATE_TIMED_OUT
 CANCELLED = task_pb2.STATE_CANCELLED
 
+#: Progress of one attempt goes at most this often (seconds); faster calls keep only the latest.
+_PROGRESS_INTERVAL_S = 0.1
+#: Longest progress detail sent, in characters.
+_MAX_PROGRESS_DETAIL = 1024
+
 
 def _now() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
     return ts
+
+
+def _ns(ts: Timestamp) -> int:
+    return ts.seconds * 1_000_000_000 + ts.nanos
+
+
+def _state_name(state: int) -> str:
+    """"RUNNING" for STATE_RUNNING: the name the TypeScript side gives a state."""
+    return task_pb2.State.Name(state).removeprefix("STATE_")
+
+
+# ---------------------------------------------------------------------------- tracing
+
+
+def start_tracing(service_name: str = "dsat-worker") -> otlp_tracing.Tracing:
+    """Starts tracing when the OTEL_* variables ask for it, by the rules of the TypeScript
+    processes (otlp_tracing.tracing_configured): each attempt's span then goes over OTLP/HTTP,
+    with service.name from OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES, else
+    ``service_name``. Call it before Worker.start, and ``shutdown()`` what it returns after
+    drain() or close(), so that the spans still buffered leave. Starts nothing when off."""
+    return otlp_tracing.start_tracing(service_name, PROTOCOL_VERSION, log=_make_logger())
+
+
+class _AttemptSpan:
+    """The span of one attempt, ``run <stage>`` (CONSUMER), as the TypeScript worker makes it
+    (sdk/src/telemetry/spans.ts AttemptSpan): a child of the context in the task's
+    traceparent header (the router's dispatch span, or the client's), with each transition
+    this worker makes as an event named after the state it enters, at the transition's time,
+    and at the end dsat.state, the error, and status ERROR for anything but SUCCEEDED."""
+
+    __slots__ = ("span", "_worker_id")
+
+    def __init__(self, tracer: otlp_tracing.Tracer, a: worker_pb2.Assignment, worker_id: str, start_ns: int) -> None:
+        task = a.task
+        parent = otlp_tracing.parse_traceparent(task.headers.get("traceparent"), task.headers.get("tracestate"))
+        self.span = tracer.start_span(
+            f"run {a.stage}",
+            kind=otlp_tracing.SPAN_KIND_CONSUMER,
+            parent=parent,
+            attributes={
+                "dsat.task.id": task.id,
+                "dsat.pipeline": task.pipeline,
+                "dsat.stage": a.stage,
+                "dsat.attempt": a.attempt,
+                "dsat.worker.id": worker_id,
+            },
+            start_ns=start_ns,
+        )
+        self._worker_id = worker_id
+
+    def transition(self, t: task_pb2.Transition) -> None:
+        """Records a transition this worker made."""
+        state = _state_name(t.to)
+        attrs: dict[str, Any] = {"dsat.task.id": t.task_id, "dsat.stage": t.stage, "dsat.attempt": t.attempt,
+                                 "dsat.state": state}
+        if self._worker_id:
+            attrs["dsat.worker.id"] = self._worker_id
+        if t.port:
+            attrs["dsat.port"] = t.port
+        if t.HasField("error"):
+            attrs["dsat.error.code"] = t.error.code
+            attrs["dsat.error.message"] = t.error.message
+        self.span.add_event(state, attrs, _ns(t.time))
+
+    def end(self, t: task_pb2.Transition) -> None:
+        """Records the transition that ends the attempt, and ends the span."""
+        self.transition(t)
+        state = _state_name(t.to)
+        self.span.set_attribute("dsat.state", state)
+        if t.HasField("error"):
+            self.span.set_attribute("dsat.error.code", t.error.code)
+            self.span.set_attribute("dsat.error.message", t.error.message)
+        if t.to != SUCCEEDED:
+            self.span.set_error(f"{t.error.code}: {t.error.message}" if t.HasField("error") else state)
+        self.span.end(_ns(t.time))
 
 
 class _RouterLink:
@@ -510,6 +611,14 @@ class _Attempt:
     started: float = field(default_factory=time.monotonic)
     done: bool = False
     timer: list[Any] | None = None
+    #: None when the worker does not trace.
+    span: _AttemptSpan | None = None
+    #: Held while a progress or the end is sent, so that no progress goes after the end.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    progress_at: float = float("-inf")
+    #: The latest progress not sent yet, waiting for progress_timer.
+    progress_detail: str | None = None
+    progress_timer: list[Any] | None = None
 
 
 class Worker(worker_pb2_grpc.WorkerServiceServicer):
@@ -775,13 +884,21 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
         ctx = TaskContext(
             task_id=task.id, pipeline=task.pipeline, stage=a.stage, attempt=a.attempt,
             headers=dict(task.headers), cancelled=threading.Event(), deadline=deadline, worker_id=self.id,
+            traceparent=task.headers.get("traceparent", ""),
         )
         attempt = _Attempt(key=key, assignment=a, link=link, ctx=ctx)
+        ctx._report = functools.partial(self._progress, attempt)
         with self._lock:
             if key in self._running:
                 return  # the same assignment twice: it runs once
             self._running[key] = attempt
-        link.send(self._transition(a, DISPATCHED, RUNNING))
+        running = self._transition(a, DISPATCHED, RUNNING)
+        tracer = otlp_tracing.active_tracer()  # None when tracing is off: then no span is made
+        if tracer is not None:
+            attempt.span = _AttemptSpan(tracer, a, self.id, _ns(running.time))
+            attempt.span.transition(running)
+            ctx.traceparent = attempt.span.span.context.traceparent()
+        link.send(running)
 
         if by_deadline:
             message = f'task {task.id} passed its deadline at stage "{a.stage}"'
@@ -819,20 +936,58 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
 
     def _finish(self, attempt: _Attempt, to: int, **extra: Any) -> bool:
         """Ends an attempt with its one terminal transition; False when it had ended already."""
-        with self._lock:
-            if attempt.done:
-                return False
-            attempt.done = True
-            if self._running.get(attempt.key) is attempt:
-                del self._running[attempt.key]
-            ms = (time.monotonic() - attempt.started) * 1000
-            self._avg_run_ms = ms if self._avg_run_ms == 0 else self._avg_run_ms * 0.9 + ms * 0.1
-            if not self._running:
-                self._idle.notify_all()
-        if attempt.timer:
-            _Timers.cancel(attempt.timer)
-        attempt.link.send(self._transition(attempt.assignment, RUNNING, to, **extra))
+        with attempt.lock:
+            with self._lock:
+                if attempt.done:
+                    return False
+                attempt.done = True
+                if self._running.get(attempt.key) is attempt:
+                    del self._running[attempt.key]
+                ms = (time.monotonic() - attempt.started) * 1000
+                self._avg_run_ms = ms if self._avg_run_ms == 0 else self._avg_run_ms * 0.9 + ms * 0.1
+                if not self._running:
+                    self._idle.notify_all()
+            if attempt.timer:
+                _Timers.cancel(attempt.timer)
+            if attempt.progress_timer:
+                _Timers.cancel(attempt.progress_timer)  # a progress still waiting is dropped
+            end = self._transition(attempt.assignment, RUNNING, to, **extra)
+            if attempt.span is not None:
+                attempt.span.end(end)
+            attempt.link.send(end)
         return True
+
+    def _progress(self, attempt: _Attempt, detail: str) -> None:
+        """ctx.progress: RUNNING -> RUNNING with the detail, now when the last one went at
+        least 100 ms ago, else once those 100 ms have passed, with the latest detail by then."""
+        with attempt.lock:
+            if attempt.done:
+                return
+            attempt.progress_detail = str(detail)[:_MAX_PROGRESS_DETAIL]
+            if attempt.progress_timer is not None:
+                return  # one is due already: it takes this detail
+            wait = attempt.progress_at + _PROGRESS_INTERVAL_S - time.monotonic()
+            if wait <= 0:
+                self._send_progress(attempt)
+            else:
+                due = functools.partial(self._progress_due, attempt)
+                attempt.progress_timer = self._timers.at(time.monotonic() + wait, due)
+
+    def _progress_due(self, attempt: _Attempt) -> None:
+        with attempt.lock:
+            self._send_progress(attempt)
+
+    def _send_progress(self, attempt: _Attempt) -> None:
+        """Sends the waiting progress of an attempt; the caller holds attempt.lock."""
+        attempt.progress_timer = None
+        if attempt.done or attempt.progress_detail is None:
+            return
+        t = self._transition(attempt.assignment, RUNNING, RUNNING, detail=attempt.progress_detail)
+        attempt.progress_detail = None
+        attempt.progress_at = time.monotonic()
+        if attempt.span is not None:
+            attempt.span.transition(t)
+        attempt.link.send(t)
 
     def _cancel(self, c: worker_pb2.Cancel) -> None:
         attempt = self._running.get((c.task_id, c.stage, c.attempt))
@@ -847,6 +1002,8 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
         attempt.done = True
         if attempt.timer:
             _Timers.cancel(attempt.timer)
+        if attempt.progress_timer:
+            _Timers.cancel(attempt.progress_timer)
         self._signal(attempt, why)
 
     @staticmethod

@@ -4,10 +4,12 @@
     /usr/bin/python3 examples/python-worker/main.py --etcd 127.0.0.1:2379 --stage shout \\
         --handler stages:shout --concurrency 4
 
-It prints one line `ready {"kind":"worker","id":…,"address":…,"pid":…}` on stdout once it
-serves, drains on SIGTERM (leaves etcd, lets running tasks finish, exits 0), closes at once on
-SIGINT, and exits 1 with a message on stderr when it cannot start. Flags fall back on the same
-environment variables as the TypeScript services (DSAT_ETCD, DSAT_STAGE, …).
+It prints one line `ready {"kind":"worker","id":…,"address":…,"pid":…,"tracing":…}` on stdout
+once it serves, drains on SIGTERM (leaves etcd, lets running tasks finish, exits 0), closes at
+once on SIGINT, exporting the spans it still buffers either way, and exits 1 with a message on
+stderr when it cannot start. Flags fall back on the same environment variables as the
+TypeScript services (DSAT_ETCD, DSAT_STAGE, …); the OTEL_* variables turn tracing on as they
+do for them (service name "dsat-worker" unless OTEL_SERVICE_NAME says otherwise).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # dsat_worker, stages, and gen/ beside them
 
-from dsat_worker import PROTOCOL_VERSION, Worker  # noqa: E402
+from dsat_worker import PROTOCOL_VERSION, Worker, start_tracing  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,6 +63,8 @@ def main(argv: list[str]) -> None:
     # starts them) and taken by sigwait below, so no handler ever runs inside a lock.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     args = parse_args(argv)
+    # Before the worker, so that its first attempt has a tracer; a no-op when OTEL_* ask for no traces.
+    tracing = start_tracing("dsat-worker")
     try:
         worker = Worker(
             stage=args.stage,
@@ -79,8 +83,10 @@ def main(argv: list[str]) -> None:
     except Exception as e:  # noqa: BLE001 - any reason not to start is said in one line
         sys.stderr.write(f"dsat worker: {e}\n")
         sys.stderr.flush()
+        tracing.shutdown(1.0)
         os._exit(1)
-    ready = {"kind": "worker", "id": worker.id, "address": worker.address, "pid": os.getpid()}
+    ready = {"kind": "worker", "id": worker.id, "address": worker.address, "pid": os.getpid(),
+             "tracing": tracing.tracing}
     sys.stdout.write(f"ready {json.dumps(ready, separators=(',', ':'))}\n")
     sys.stdout.flush()
 
@@ -89,6 +95,8 @@ def main(argv: list[str]) -> None:
         worker.drain()
     else:
         worker.close()
+    # The spans of what just ended are still buffered: export them before going (at most 10 s).
+    tracing.shutdown(10.0)
     sys.stdout.flush()
     sys.stderr.flush()
     # os._exit: a handler that ignores its cancel event must not keep the process alive.

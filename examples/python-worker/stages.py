@@ -37,3 +37,30 @@ def hold(payload: Payload, ctx: TaskContext) -> dict[str, Any]:
     if ctx.cancelled.wait(ms / 1000):
         raise RuntimeError(f"cancelled: {ctx.cancel_reason}")
     return {"held": ms, "by": ctx.worker_id}
+
+
+def progress3(payload: Payload, ctx: TaskContext) -> bytes:
+    """Reports progress "1/3", "2/3", "3/3", each after 300 ms of work, then returns its input
+    as it is. A payload {"ms": n} sets the time (as the TypeScript fixture `progress` takes it)."""
+    try:
+        v = payload.json()
+    except ValueError:  # any input will do: it goes out as it came
+        v = None
+    ms = v.get("ms", 300) if isinstance(v, dict) else 300
+    for i in range(1, 4):
+        if ctx.cancelled.wait(ms / 1000):
+            raise RuntimeError(f"cancelled: {ctx.cancel_reason}")
+        ctx.progress(f"{i}/3")
+    return payload.bytes
+
+
+def progress_burst(payload: Payload, ctx: TaskContext) -> None:
+    """Reports "1" to "100" at once (the first goes, the rest are coalesced into "100", sent
+    100 ms later), then after 300 ms "last" and at once "dropped", and returns: "dropped" is
+    still waiting for its 100 ms when the attempt ends, so it never goes."""
+    for i in range(1, 101):
+        ctx.progress(str(i))
+    if ctx.cancelled.wait(0.3):
+        raise RuntimeError(f"cancelled: {ctx.cancel_reason}")
+    ctx.progress("last")
+    ctx.progress("dropped")
