@@ -328,6 +328,9 @@ test.serial("the metrics endpoints agree with the tasks run", async (t) => {
     t.is(get("dsat_router_stage_capacity", { stage })[0]?.value, 1);
   }
   t.is(get("dsat_router_tasks")[0]?.value, 0);
+  t.is(get("dsat_router_status_backlog", { kind: "held" })[0]?.value, 0, "nothing held once every task ended");
+  t.is(get("dsat_router_status_backlog", { kind: "queued" })[0]?.value, 0);
+  t.true((get("dsat_router_status_reports")[0]?.value ?? 0) > 0);
 
   const status = await scrape(mesh.status[0] as ServiceProcess);
   const txns = status.filter((m) => m.name === "dsat_status_etcd_txns_total");

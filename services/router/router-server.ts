@@ -161,6 +161,11 @@ export class RouterServer {
         return load.values();
       },
       taskCount: () => this.#tasks.size,
+      statusBacklog: () => {
+        const held = this.#reporter.held;
+        return { queued: this.#reporter.backlog - held, held };
+      },
+      statusReports: () => this.#reporter.reports,
     });
     const telemetry = this.#telemetry;
     this.#reporter = new StatusReporter(

@@ -34,6 +34,10 @@ export interface RouterTelemetryInit {
   stageLoad(): Iterable<readonly [string, number, number]>;
   /** Tasks the router holds. */
   taskCount(): number;
+  /** Items for StatusService not yet stored: queued or in flight, and held back. */
+  statusBacklog(): { queued: number; held: number };
+  /** Reports sent to StatusService so far. */
+  statusReports(): number;
 }
 
 interface StageTrack {
@@ -107,6 +111,21 @@ export class RouterTelemetry {
       [...init.queueDepths()].map(([stage, n]) => [[stage], n] as const),
     );
     m.gauge("dsat_router_tasks", "Tasks this router holds (accepted, not ended).", [], () => [[[], init.taskCount()]]);
+    m.gauge(
+      "dsat_router_status_backlog",
+      "Tasks and transitions for StatusService not stored yet: queued (or in a Report in flight), and held back to go with their task's next awaited step.",
+      ["kind"],
+      () => {
+        const b = init.statusBacklog();
+        return [
+          [["queued"], b.queued],
+          [["held"], b.held],
+        ] as const;
+      },
+    );
+    m.gauge("dsat_router_status_reports", "Reports sent to StatusService since the router started.", [], () => [
+      [[], init.statusReports()],
+    ]);
     m.gauge("dsat_router_stage_in_flight", "Attempts running on the workers of a stage that this router feeds.", ["stage"], () =>
       [...init.stageLoad()].map(([stage, inFlight]) => [[stage], inFlight] as const),
     );

@@ -106,6 +106,11 @@ export class StatusReporter {
     return this.#lanes.reduce((n, l) => n + l.backlog, 0);
   }
 
+  /** Transitions held back (a part of the backlog). */
+  get held(): number {
+    return this.#lanes.reduce((n, l) => n + l.held, 0);
+  }
+
   /**
    * Stores a new task and its first transitions; resolves once they are durable, with
    * false when a task with that id already existed (then nothing was stored).
@@ -188,6 +193,10 @@ class Lane {
 
   get backlog(): number {
     return this.#queue.length + this.#heldCount;
+  }
+
+  get held(): number {
+    return this.#heldCount;
   }
 
   push(item: Item): void {
