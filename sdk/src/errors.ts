@@ -97,6 +97,15 @@ function etcdError(err: Error): ConnectError {
   if (/Lease/.test(name)) {
     return new ConnectError(`etcd lease lost: ${err.message}`, Code.Unavailable, undefined, undefined, err);
   }
+  if (/database space exceeded|NOSPACE/i.test(err.message)) {
+    return new ConnectError(
+      `etcd is out of space and refuses every write (its NOSPACE alarm: ${err.message}); shorten the status servers' --task-retention-ms or raise etcd's --quota-backend-bytes, compact and defragment etcd, then run etcdctl alarm disarm (docs/operations.md)`,
+      Code.ResourceExhausted,
+      undefined,
+      undefined,
+      err,
+    );
+  }
   if (/ValueTooLarge|RequestTooLarge|too large/i.test(name + err.message)) {
     return new ConnectError(`etcd refused a write as too large: ${err.message}`, Code.ResourceExhausted, undefined, undefined, err);
   }

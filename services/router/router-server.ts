@@ -667,7 +667,11 @@ export class RouterServer {
     } catch (err) {
       this.#tasks.delete(task.id);
       this.#wakeRoomWaiters();
-      throw dsatError(Code.Unavailable, `task could not be stored: ${toDsatError(err).rawMessage}`, err);
+      const e = toDsatError(err);
+      // Out of space stays RESOURCE_EXHAUSTED (a client should back off, an operator act);
+      // anything else is UNAVAILABLE: another router, or later, may store it.
+      const code = e.code === Code.ResourceExhausted ? Code.ResourceExhausted : Code.Unavailable;
+      throw dsatError(code, `task could not be stored: ${e.rawMessage}`, err);
     }
     if (!isNew) {
       // A task with this id exists already: Submit is idempotent on the client's id.
