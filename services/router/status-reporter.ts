@@ -47,10 +47,10 @@ export interface StatusReporterOptions {
    */
   lingerMs: number;
   /**
-   * A lane whose last Report carried fewer items than this, and that has nothing else to
-   * send, sends what it holds at once (default 64; 0: never): a small Report means low
-   * load, where holding would only delay what a Watch sees. Under load Reports are large
-   * and the lane keeps holding.
+   * A lane that has nothing else to send, and holds the transitions of fewer tasks than
+   * this, sends them at once (default 16; 0: never): so few tasks mean low load, where
+   * holding would only delay what a Watch sees. Under load the lane holds the steps of
+   * hundreds of tasks and keeps holding.
    */
   idleReleaseBelow: number;
   /** Told when StatusService refuses a transition because another router drives the task now. */
@@ -65,7 +65,7 @@ const DEFAULT_STATUS_REPORTER_OPTIONS: Readonly<StatusReporterOptions> = Object.
   giveUpAfterMs: 60_000,
   lanes: 1,
   lingerMs: 250,
-  idleReleaseBelow: 64,
+  idleReleaseBelow: 16,
 });
 
 /**
@@ -273,10 +273,11 @@ class Lane {
   }
 
   async #loop(): Promise<void> {
-    let last = Number.POSITIVE_INFINITY;
     while (!this.#closed) {
-      // Idle after a small Report (low load): what was held goes now rather than wait.
-      if (this.#queue.length === 0 && last < this.#opts.idleReleaseBelow) this.#releaseAll();
+      // Idle, holding the steps of only a few tasks (low load): they go now rather than wait.
+      if (this.#queue.length === 0 && this.#held.size > 0 && this.#held.size < this.#opts.idleReleaseBelow) {
+        this.#releaseAll();
+      }
       if (this.#queue.length === 0) break;
       const batch = this.#queue.slice(0, this.#batchLength());
       const started = Date.now();
@@ -299,7 +300,6 @@ class Lane {
           backoff = Math.min(backoff * 2, 1_000);
         }
       }
-      last = batch.length;
       if (batch.length === 0) continue;
       this.#queue.splice(0, batch.length);
       for (const it of batch) it.done?.resolve();
