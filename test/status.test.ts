@@ -600,3 +600,35 @@ test("retention: an ended task's record goes from etcd once its lease runs out; 
   t.log(`ended task's record gone ${Date.now() - started} ms after its end (retention 2000 ms)`);
   t.is((await stored(running))?.state, State.RUNNING, "the unfinished task is still there");
 });
+
+// ---------------------------------------------------------------------------- etcd out of space
+
+test("etcd out of space: Report fails RESOURCE_EXHAUSTED saying what to do; what was stored stays readable", async (t) => {
+  const small = await startEtcd(["--quota-backend-bytes", String(4 * 1024 * 1024)]);
+  t.teardown(() => small.close());
+  const store = await StatusServer.start({ etcd: small.endpoint });
+  t.teardown(() => store.close());
+  const before = "nospace-before";
+  await createTasks([before], "p", store.address);
+  // Fill etcd past its 4 MB quota with other keys: it raises its NOSPACE alarm.
+  const fill = connectEtcd({ endpoints: small.endpoint });
+  t.teardown(() => fill.close());
+  const chunk = Buffer.alloc(256 * 1024, 1);
+  let full = false;
+  for (let i = 0; i < 100 && !full; i++) {
+    full = await fill
+      .put(`/fill/${i}`)
+      .value(chunk)
+      .then(() => false, () => true);
+  }
+  t.true(full, "etcd refused a write once past its quota");
+
+  const err = await clientTo(StatusService, store.address)
+    .report({ routerId: "router-test", created: [{ id: "nospace-after", pipeline: "p", pipelineVersion: 1n }] })
+    .then(() => undefined, (e: unknown) => ConnectError.from(e));
+  t.is(err?.code, Code.ResourceExhausted);
+  t.regex(err?.rawMessage ?? "", /out of space/);
+  t.regex(err?.rawMessage ?? "", /alarm disarm/);
+  const { state } = await clientTo(StatusService, store.address).getState({ taskId: before });
+  t.is(state?.task?.id, before, "reads still work");
+});

@@ -1,5 +1,5 @@
 import { circuitBreaker, ConsecutiveBreaker, ExponentialBackoff, handleWhen, type IBackoff } from "cockatiel";
-import { Etcd3, isRecoverableError } from "etcd3";
+import { Etcd3, GRPCResourceExhastedError, isRecoverableError } from "etcd3";
 
 /** Options of {@link connectEtcd}. */
 export interface EtcdOptions {
@@ -30,10 +30,15 @@ export function connectEtcd(options: Partial<EtcdOptions> = {}): Etcd3 {
     // Streams (watches, lease keep-alives) live on: a deadline would cut them every `timeout`.
     defaultCallOptions: (context) => (context.isStream ? {} : { deadline: new Date(Date.now() + timeout) }),
     // etcd3's defaults wait up to 30 s between watch reconnections and keep a failed host
-    // out for 5 s: after an etcd restart the mesh would be blind for that long.
+    // out for 5 s: after an etcd restart the mesh would be blind for that long. The breaker
+    // counts what says the host is unhealthy, not RESOURCE_EXHAUSTED: an etcd out of space
+    // refuses writes but serves reads, and three refused writes must not cut the reads too.
     faultHandling: {
       host: () =>
-        circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1_000, breaker: new ConsecutiveBreaker(3) }),
+        circuitBreaker(
+          handleWhen((err) => isRecoverableError(err) && !(err instanceof GRPCResourceExhastedError)),
+          { halfOpenAfter: 1_000, breaker: new ConsecutiveBreaker(3) },
+        ),
       watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 2_000 }) as unknown as IBackoff<unknown>,
     },
   });

@@ -29,6 +29,8 @@ export interface LocalEtcdOptions {
   peerPort: number;
   /** How long start waits for etcd to be healthy, in milliseconds. Default 20000. */
   startTimeoutMs: number;
+  /** More etcd flags, after dsat's own (e.g. --quota-backend-bytes for a test). Default none. */
+  extraArgs: readonly string[];
 }
 
 /**
@@ -43,12 +45,14 @@ export class LocalEtcd {
   #child: ChildProcess | undefined;
   #stderr = "";
   readonly #startTimeoutMs: number;
+  readonly #extraArgs: readonly string[];
 
   constructor(options: Partial<LocalEtcdOptions> & Pick<LocalEtcdOptions, "dataDir">) {
     this.dataDir = options.dataDir;
     this.clientPort = options.clientPort ?? 0;
     this.peerPort = options.peerPort ?? 0;
     this.#startTimeoutMs = options.startTimeoutMs ?? 20_000;
+    this.#extraArgs = options.extraArgs ?? [];
   }
 
   /** host:port of the client endpoint. */
@@ -84,6 +88,7 @@ export class LocalEtcd {
         "--auto-compaction-retention", "100000",
         "--log-level", "error",
         "--logger", "zap",
+        ...this.#extraArgs,
       ],
       { stdio: ["ignore", "ignore", "pipe"] },
     );

@@ -16,10 +16,10 @@ export interface TestEtcd {
   close(): Promise<void>;
 }
 
-/** Starts a real etcd for one test file. */
-export async function startEtcd(): Promise<TestEtcd> {
+/** Starts a real etcd for one test file; `extraArgs` are more etcd flags (a small quota, say). */
+export async function startEtcd(extraArgs: readonly string[] = []): Promise<TestEtcd> {
   const dataDir = mkdtempSync(join(tmpdir(), "dsat-etcd-"));
-  const etcd = new LocalEtcd({ dataDir });
+  const etcd = new LocalEtcd({ dataDir, extraArgs });
   await etcd.start();
   return {
     endpoint: etcd.endpoint,
