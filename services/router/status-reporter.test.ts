@@ -30,6 +30,8 @@ interface Peer {
   /** Reports received and not answered yet. */
   readonly pending: (() => void)[];
   holdAnswers: boolean;
+  /** When set, every Report fails with this code. */
+  refuseWith: Code | undefined;
   readonly server: RunningGrpcServer;
   readonly member: Member;
 }
@@ -37,12 +39,16 @@ interface Peer {
 async function startPeer(): Promise<Peer> {
   const reports: ReportRequest[] = [];
   const pending: (() => void)[] = [];
-  const peer = { reports, pending, holdAnswers: false } as Omit<Peer, "server" | "member"> & { holdAnswers: boolean };
+  const peer = { reports, pending, holdAnswers: false, refuseWith: undefined } as Omit<Peer, "server" | "member"> & {
+    holdAnswers: boolean;
+    refuseWith: Code | undefined;
+  };
   const handlers = new Proxy(
     {
       report: async (req: ReportRequest) => {
         reports.push(req);
         if (peer.holdAnswers) await new Promise<void>((resolve) => pending.push(resolve));
+        if (peer.refuseWith !== undefined) throw dsatError(peer.refuseWith, "etcd is out of space (test)");
         const ok = { accepted: true };
         return create(ReportResponseSchema, {
           created: req.created.map(() => ok),
@@ -209,4 +215,31 @@ test("under load (steps of many tasks held) an idle lane keeps holding until eac
   await r.sendDurable(step("g3", "", State.RUNNING, State.SUCCEEDED));
   t.deepEqual(ids(peer.reports.at(-1) as ReportRequest), ["g3:s1:RUNNING", "g3::SUCCEEDED"]);
   t.is(r.backlog, 19);
+});
+
+test("out of space (RESOURCE_EXHAUSTED): a new task is refused at once with the cause; accepted tasks' steps are sent again until stored", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  // giveUpAfterMs of a minute: the create must be refused long before that.
+  const r = reporter(peer, { giveUpAfterMs: 60_000 });
+  t.teardown(() => r.close());
+  peer.refuseWith = Code.ResourceExhausted;
+  peer.holdAnswers = true;
+  const step1 = r.sendDurable(step("old", "", State.PENDING, State.RUNNING));
+  const created = r.create(create(TaskSchema, { id: "new", pipeline: "p" }), [step("new", "s1", State.UNSPECIFIED, State.PENDING)]);
+  await waitFor(() => peer.pending.length === 1, { timeoutMs: 5_000, what: "the first report" });
+  peer.holdAnswers = false;
+  for (const answer of peer.pending.splice(0)) answer();
+  const err = await created.then(
+    () => undefined,
+    (e: unknown) => e as { code?: Code; rawMessage?: string },
+  );
+  t.is(err?.code, Code.ResourceExhausted);
+  t.regex(err?.rawMessage ?? "", /out of space/);
+  // The accepted task's step is still being sent; once StatusService stores again, it is.
+  await waitFor(() => peer.reports.length >= 3, { timeoutMs: 5_000, what: "the step to be sent again" });
+  t.true(peer.reports.slice(1).every((rep) => rep.created.length === 0), "the refused task is not sent again");
+  peer.refuseWith = undefined;
+  await step1;
+  t.deepEqual(ids(peer.reports.at(-1) as ReportRequest), ["old::RUNNING"]);
 });

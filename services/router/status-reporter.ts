@@ -295,6 +295,10 @@ class Lane {
             batch.length = 0;
             break;
           }
+          // StatusService cannot store anything (etcd out of space): new tasks are refused now,
+          // with the cause, rather than after giveUpAfterMs; what was accepted before is sent
+          // again until it is stored.
+          if (e.code === Code.ResourceExhausted && this.#refuseCreates(batch, e) && batch.length === 0) break;
           this.#logger.warn("status report failed; sending again", { error: e.message });
           await new Promise((r) => setTimeout(r, backoff));
           backoff = Math.min(backoff * 2, 1_000);
@@ -305,6 +309,25 @@ class Lane {
       for (const it of batch) it.done?.resolve();
     }
     this.#busy = false;
+  }
+
+  /**
+   * Takes the tasks created in this batch (and their first transitions) out of the batch
+   * and the queue, failing whoever waits for them with `err`; true when there were some.
+   */
+  #refuseCreates(batch: Item[], err: unknown): boolean {
+    const refused = new Set<string>();
+    for (const it of batch) if (it.task) refused.add(it.task.id);
+    if (refused.size === 0) return false;
+    const kept: Item[] = [];
+    for (const it of batch) {
+      const id = it.task?.id ?? it.transition?.taskId;
+      if (id !== undefined && refused.has(id)) it.done?.reject(err);
+      else kept.push(it);
+    }
+    this.#queue.splice(0, batch.length, ...kept);
+    batch.splice(0, batch.length, ...kept);
+    return true;
   }
 
   /** How many items of the queue the next Report takes: maxBatch, and maxBatchBytes of payloads and outputs. */
