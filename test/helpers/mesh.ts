@@ -28,11 +28,13 @@ export interface MeshOptions {
   env?: Record<string, string | undefined>;
   /** Every process serves Prometheus metrics on a free port (see ServiceProcess.metrics). Default false. */
   metrics?: boolean;
+  /** More etcd flags (a small --quota-backend-bytes, say). Default none. */
+  etcdArgs?: string[];
 }
 
 /** Starts etcd, status and router processes, and a client that finds them in etcd. */
 export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
-  const etcd = await startEtcd();
+  const etcd = await startEtcd(options.etcdArgs ?? []);
   const ttl = String(options.leaseTtlSeconds ?? 2);
   const common = ["--etcd", etcd.endpoint, "--lease-ttl", ttl];
   const env = options.env ?? {};

@@ -1,0 +1,50 @@
+// etcd out of space (its NOSPACE alarm) in a real mesh: Submit is refused at once with
+// RESOURCE_EXHAUSTED and what to do, and what was stored before stays readable.
+import { Code, ConnectError, connectEtcd, stateName } from "@dsat/sdk";
+import test from "ava";
+import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import { waitFor } from "./helpers/wait.ts";
+
+let mesh: TestMesh;
+
+test.before(async () => {
+  mesh = await startMesh({ etcdArgs: ["--quota-backend-bytes", String(4 * 1024 * 1024)] });
+  await mesh.client.applyPipeline({ name: "tiny", stages: [{ name: "echo" }] });
+  await mesh.addWorker("echo", "echo");
+  await waitFor(async () => (await mesh.client.listWorkers()).flatMap((v) => v.workers).some((w) => w.connected), {
+    what: "the router to connect to the worker",
+  });
+});
+
+test.after.always(async () => {
+  await mesh?.close();
+});
+
+test("Submit on an etcd out of space is RESOURCE_EXHAUSTED at once, saying what to do; an earlier task stays readable", async (t) => {
+  const before = await mesh.client.run("tiny", { n: 1 }, { deadline: 10_000 });
+  t.is(stateName(before.state), "SUCCEEDED");
+
+  const fill = connectEtcd({ endpoints: mesh.etcd.endpoint });
+  t.teardown(() => fill.close());
+  const chunk = Buffer.alloc(256 * 1024, 1);
+  let full = false;
+  for (let i = 0; i < 100 && !full; i++) {
+    full = await fill
+      .put(`/fill/${i}`)
+      .value(chunk)
+      .then(() => false, () => true);
+  }
+  t.true(full, "etcd refused a write once past its 4 MB quota");
+
+  const started = Date.now();
+  const err = await mesh.client.submit("tiny", { n: 2 }).then(
+    () => undefined,
+    (e: unknown) => ConnectError.from(e),
+  );
+  t.log(`Submit refused after ${Date.now() - started} ms: ${err?.rawMessage}`);
+  t.is(err?.code, Code.ResourceExhausted);
+  t.regex(err?.rawMessage ?? "", /out of space/);
+  t.regex(err?.rawMessage ?? "", /--task-retention-ms/);
+  const state = await mesh.client.getState(before.taskId);
+  t.is(stateName(state.state), "SUCCEEDED", "reads go on");
+});
