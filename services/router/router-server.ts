@@ -85,6 +85,9 @@ const TASK_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
  * when none has one), reports every transition to StatusService, and moves each output
  * on to the stages the pipeline graph names.
  */
+/** How long close waits for what is queued for StatusService to be stored. */
+const CLOSE_FLUSH_MS = 10_000;
+
 export class RouterServer {
   readonly id: string;
   readonly address: string;
@@ -1337,7 +1340,17 @@ export class RouterServer {
     this.#wakeRoomWaiters();
     this.#server.health.setAll(ServingStatus.NOT_SERVING);
     await this.#registration.close().catch(() => {});
-    await this.#reporter.flush().catch(() => {});
+    // Steps are sent again until stored, so a status outage would hold close forever: wait
+    // a bounded time. What is not stored then is lost with this router, and the router that
+    // takes its tasks over runs again what was not stored as ended.
+    let flushTimer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      this.#reporter.flush().catch(() => {}),
+      new Promise<void>((resolve) => {
+        flushTimer = setTimeout(resolve, CLOSE_FLUSH_MS);
+      }),
+    ]);
+    clearTimeout(flushTimer);
     this.#reporter.close();
     for (const run of this.#tasks.values()) {
       if (run.deadlineTimer) clearTimeout(run.deadlineTimer);

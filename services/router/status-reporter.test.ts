@@ -243,3 +243,40 @@ test("out of space (RESOURCE_EXHAUSTED): a new task is refused at once with the 
   await step1;
   t.deepEqual(ids(peer.reports.at(-1) as ReportRequest), ["old::RUNNING"]);
 });
+
+test("a long status outage: new tasks are refused after giveUpAfterMs, accepted tasks' steps are never given up", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { giveUpAfterMs: 200 });
+  t.teardown(() => r.close());
+  peer.refuseWith = Code.Unavailable;
+  const end = r.sendDurable(step("accepted", "", State.RUNNING, State.SUCCEEDED));
+  const created = r.create(create(TaskSchema, { id: "late", pipeline: "p" }), []);
+  const err = await created.then(
+    () => undefined,
+    (e: unknown) => e as { code?: Code },
+  );
+  t.is(err?.code, Code.Unavailable, "the new task is refused once giveUpAfterMs has passed");
+  // Well past giveUpAfterMs the accepted task's end is still being sent…
+  const sent = peer.reports.length;
+  await waitFor(() => peer.reports.length >= sent + 3, { timeoutMs: 10_000, what: "more attempts after the give-up time" });
+  // …and stored once a status server takes it again.
+  peer.refuseWith = undefined;
+  await end;
+  t.deepEqual(ids(peer.reports.at(-1) as ReportRequest), ["accepted::SUCCEEDED"]);
+});
+
+test("close tells whoever still waits, instead of leaving them hanging", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, {});
+  peer.refuseWith = Code.Unavailable;
+  const end = r.sendDurable(step("pending", "", State.RUNNING, State.SUCCEEDED));
+  await waitFor(() => peer.reports.length >= 1, { timeoutMs: 5_000, what: "the first attempt" });
+  r.close();
+  const err = await end.then(
+    () => undefined,
+    (e: unknown) => e as { code?: Code },
+  );
+  t.is(err?.code, Code.Unavailable);
+});

@@ -19,6 +19,8 @@ interface Item {
   readonly onCreated?: (isNew: boolean) => void;
   readonly transition?: Transition;
   readonly done?: { resolve(): void; reject(err: unknown): void };
+  /** The task a marker (an item with only `done`) belongs to, when it belongs to one. */
+  readonly taskId?: string;
 }
 
 /** Options of {@link StatusReporter}. */
@@ -31,7 +33,12 @@ export interface StatusReporterOptions {
    * Default 3 MiB.
    */
   maxBatchBytes: number;
-  /** Give up on an item after this long without a status server taking it, in milliseconds. Default 60000. */
+  /**
+   * Refuse the tasks a Report creates after this long without a status server taking it, in
+   * milliseconds (their Submit fails; default 60000). The steps of tasks accepted before are
+   * never given up: they are sent again, every second at most, until a status server stores
+   * them or the reporter closes (a task whose end is lost would never end in StatusService).
+   */
   giveUpAfterMs: number;
   /**
    * Reports in flight at once at most (default 4). Tasks are spread over that many lanes by
@@ -129,7 +136,7 @@ export class StatusReporter {
       transitions.forEach((t, i) => {
         lane.push(i === transitions.length - 1 ? { transition: t, done: { resolve, reject } } : { transition: t });
       });
-      if (transitions.length === 0) lane.push({ done: { resolve, reject } });
+      if (transitions.length === 0) lane.push({ done: { resolve, reject }, taskId: task.id });
     }).then(() => isNew);
   }
 
@@ -178,6 +185,8 @@ class Lane {
   #heldCount = 0;
   #timer: NodeJS.Timeout | undefined;
   #busy = false;
+  /** When (ms into the current outage) it was last logged. */
+  #lastOutageLog = 0;
   #next: number;
   #closed = false;
   reports = 0;
@@ -241,6 +250,10 @@ class Lane {
     this.#closed = true;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = undefined;
+    // Whoever still waits is told now (a Report in flight may yet store its items).
+    const err = dsatError(Code.Unavailable, "the router is closing; these items were not stored");
+    this.#releaseAll();
+    for (const it of this.#queue) it.done?.reject(err);
   }
 
   #releaseAll(): void {
@@ -281,6 +294,7 @@ class Lane {
       if (this.#queue.length === 0) break;
       const batch = this.#queue.slice(0, this.#batchLength());
       const started = Date.now();
+      this.#lastOutageLog = 0;
       let backoff = 50;
       for (;;) {
         try {
@@ -288,12 +302,25 @@ class Lane {
           break;
         } catch (err) {
           const e = toDsatError(err);
-          if (Date.now() - started > this.#opts.giveUpAfterMs || this.#closed) {
-            this.#logger.error("giving up on a status report", { error: e.message, items: batch.length });
+          if (this.#closed) {
+            this.#logger.error("closing with items not stored", { error: e.message, items: batch.length });
             this.#queue.splice(0, batch.length);
             for (const it of batch) it.done?.reject(e);
             batch.length = 0;
             break;
+          }
+          const waited = Date.now() - started;
+          if (waited > this.#opts.giveUpAfterMs) {
+            // New tasks are refused now; what was accepted stays, and is sent again.
+            if (this.#refuseCreates(batch, e) && batch.length === 0) break;
+            if (waited - this.#lastOutageLog > 30_000) {
+              this.#lastOutageLog = waited;
+              this.#logger.error("no status server has stored this lane's items for a while; still sending them", {
+                error: e.message,
+                items: this.#queue.length,
+                seconds: Math.round(waited / 1000),
+              });
+            }
           }
           // StatusService cannot store anything (etcd out of space): new tasks are refused now,
           // with the cause, rather than after giveUpAfterMs; what was accepted before is sent
@@ -321,7 +348,7 @@ class Lane {
     if (refused.size === 0) return false;
     const kept: Item[] = [];
     for (const it of batch) {
-      const id = it.task?.id ?? it.transition?.taskId;
+      const id = it.task?.id ?? it.transition?.taskId ?? it.taskId;
       if (id !== undefined && refused.has(id)) it.done?.reject(err);
       else kept.push(it);
     }
