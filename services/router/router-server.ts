@@ -31,6 +31,7 @@ import {
   nextStages,
   parentStages,
   encodePayload,
+  type Pipeline,
   PipelineSchema,
   PrefixWatch,
   type ProcessRequest,
@@ -46,6 +47,7 @@ import {
   State,
   StatusService,
   type SubmitRequest,
+  type Task,
   type TaskError,
   TaskErrorSchema,
   type TaskResult,
@@ -85,6 +87,21 @@ const TASK_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
  * when none has one), reports every transition to StatusService, and moves each output
  * on to the stages the pipeline graph names.
  */
+/** A task as the router drives it, before any stage starts. */
+function newRun(task: Task, pipeline: Pipeline, state: State): TaskRun {
+  return {
+    task,
+    pipeline,
+    state,
+    stages: new Map(),
+    active: 0,
+    output: new Uint8Array(0),
+    outputs: new Map(),
+    joins: new Set(),
+    deadlineTimer: undefined,
+  };
+}
+
 /** How long close waits for what is queued for StatusService to be stored. */
 const CLOSE_FLUSH_MS = 10_000;
 
@@ -649,17 +666,7 @@ export class RouterServer {
       deadline: req.deadline,
       createdAt: timestampNow(),
     });
-    const run: TaskRun = {
-      task,
-      pipeline,
-      state: State.PENDING,
-      stages: new Map(),
-      active: 0,
-      output: new Uint8Array(0),
-      outputs: new Map(),
-      joins: new Set(),
-      deadlineTimer: undefined,
-    };
+    const run = newRun(task, pipeline, State.PENDING);
     this.#tasks.set(task.id, run);
     tabled();
     const entries = entryStages(pipeline).map((name) => this.#newStage(run, name, task.payload));
@@ -1129,17 +1136,7 @@ export class RouterServer {
     // other router moved it on): what StatusService says is right, not what is in memory.
     if (this.#tasks.has(task.id)) this.#forget(task.id, "claimed back; going on from StatusService");
     const pipeline = await this.#pipelines.version(task.pipeline, task.pipelineVersion);
-    const run: TaskRun = {
-      task,
-      pipeline: pipeline ?? create(PipelineSchema, { name: task.pipeline }),
-      state: state.state,
-      stages: new Map(),
-      active: 0,
-      output: new Uint8Array(0),
-      outputs: new Map(),
-      joins: new Set(),
-      deadlineTimer: undefined,
-    };
+    const run = newRun(task, pipeline ?? create(PipelineSchema, { name: task.pipeline }), state.state);
     this.#tasks.set(task.id, run);
     this.#telemetry?.resumed(task);
     if (!pipeline) {

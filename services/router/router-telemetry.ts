@@ -142,22 +142,8 @@ export class RouterTelemetry {
   /** A task was stored: its span starts (at the task's creation), with its first transitions. */
   accepted(task: Task, first: readonly Transition[]): void {
     const createdMs = task.createdAt ? timestampMs(task.createdAt) : Date.now();
-    let span: Span | undefined;
-    if (this.#tracer) {
-      span = this.#tracer.startSpan(
-        `submit ${task.pipeline}`,
-        {
-          kind: SpanKind.SERVER,
-          startTime: createdMs,
-          attributes: {
-            [ATTR.taskId]: task.id,
-            [ATTR.pipeline]: task.pipeline,
-            [ATTR.pipelineVersion]: Number(task.pipelineVersion),
-            [ATTR.routerId]: this.#routerId,
-          },
-        },
-        contextFromHeaders(task.headers, ROOT_CONTEXT),
-      );
+    const span = this.#taskSpan(`submit ${task.pipeline}`, task, createdMs);
+    if (span) {
       // StatusService records the task's own PENDING when it stores the task.
       addTransitionEvent(
         span,
@@ -181,10 +167,18 @@ export class RouterTelemetry {
    */
   resumed(task: Task): void {
     if (this.#tasks.has(task.id)) return;
-    const span = this.#tracer?.startSpan(
-      `resume ${task.pipeline}`,
+    const span = this.#taskSpan(`resume ${task.pipeline}`, task);
+    const createdMs = task.createdAt ? timestampMs(task.createdAt) : Date.now();
+    this.#tasks.set(task.id, { pipeline: task.pipeline, createdMs, span, stages: new Map() });
+  }
+
+  /** A task's span on this router, under the trace context of its headers; undefined when not tracing. */
+  #taskSpan(name: string, task: Task, startTime?: number): Span | undefined {
+    return this.#tracer?.startSpan(
+      name,
       {
         kind: SpanKind.SERVER,
+        ...(startTime === undefined ? {} : { startTime }),
         attributes: {
           [ATTR.taskId]: task.id,
           [ATTR.pipeline]: task.pipeline,
@@ -194,8 +188,6 @@ export class RouterTelemetry {
       },
       contextFromHeaders(task.headers, ROOT_CONTEXT),
     );
-    const createdMs = task.createdAt ? timestampMs(task.createdAt) : Date.now();
-    this.#tasks.set(task.id, { pipeline: task.pipeline, createdMs, span, stages: new Map() });
   }
 
   /** A stage run entered its stage's queue. */

@@ -7,7 +7,7 @@ import {
   TaskStateSchema,
   type Transition,
 } from "@dsat/sdk";
-import { encodeTransitionField } from "./transition-encoding.ts";
+import { encodeTransitionField, lengthDelimited } from "./transition-encoding.ts";
 
 /**
  * A task state is put again and again as its transitions arrive; its task (with the
@@ -43,7 +43,7 @@ export function encodeTaskState(
     previous && previous.task === state.task
       ? previous.taskBytes
       : state.task
-        ? field(TASK_FIELD, toBinary(TaskSchema, state.task))
+        ? lengthDelimited(TASK_FIELD, toBinary(TaskSchema, state.task))
         : new Uint8Array(0);
   // The entries already encoded, as long as the history still starts with them (a progress
   // entry may have been replaced at the end).
@@ -75,19 +75,4 @@ function commonPrefix(history: readonly Transition[], encoded: readonly Transiti
   let i = 0;
   while (i < n && history[i] === encoded[i]) i++;
   return i;
-}
-
-/** A length-delimited field: its tag (field numbers below 16), its length, then body. */
-function field(fieldNo: number, body: Uint8Array): Uint8Array {
-  const header: number[] = [(fieldNo << 3) | 2];
-  let n = body.length;
-  while (n >= 0x80) {
-    header.push((n & 0x7f) | 0x80);
-    n >>>= 7;
-  }
-  header.push(n);
-  const out = Buffer.allocUnsafe(header.length + body.length);
-  out.set(header, 0);
-  out.set(body, header.length);
-  return out;
 }

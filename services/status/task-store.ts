@@ -7,6 +7,7 @@ import {
   isTaskTerminal,
   Keys,
   type Logger,
+  splitBySize,
   type ReportRequest,
   ReportRequestSchema,
   stateName,
@@ -358,21 +359,12 @@ export class TaskStore {
 
   /** Splits groups into transactions of at most maxTxnOps keys and maxTxnBytes of values. */
   #chunk(groups: TaskGroup[]): TaskGroup[][] {
-    const chunks: TaskGroup[][] = [];
-    let current: TaskGroup[] = [];
-    let bytes = 0;
-    for (const g of groups) {
-      const size = g.key.length + (g.value?.length ?? 0);
-      if (current.length > 0 && (current.length >= this.#opts.maxTxnOps || bytes + size > this.#opts.maxTxnBytes)) {
-        chunks.push(current);
-        current = [];
-        bytes = 0;
-      }
-      current.push(g);
-      bytes += size;
-    }
-    if (current.length > 0) chunks.push(current);
-    return chunks;
+    return splitBySize(
+      groups,
+      (g) => g.key.length + (g.value?.length ?? 0),
+      this.#opts.maxTxnBytes,
+      this.#opts.maxTxnOps,
+    );
   }
 
   /**

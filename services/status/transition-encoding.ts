@@ -13,12 +13,7 @@ import { type TaskError, type Transition, TransitionSchema } from "@dsat/sdk";
 export function encodeTransitionField(fieldNo: number, t: Transition): Buffer {
   const tag = (fieldNo << 3) | 2;
   if (t.$unknown?.length || t.time?.$unknown?.length || t.error?.$unknown?.length) {
-    const body = toBinary(TransitionSchema, t);
-    const out = Buffer.allocUnsafe(varintSize(tag) + varintSize(body.length) + body.length);
-    let p = writeVarint(out, 0, tag);
-    p = writeVarint(out, p, body.length);
-    out.set(body, p);
-    return out;
+    return lengthDelimited(fieldNo, toBinary(TransitionSchema, t));
   }
   const taskId = Buffer.byteLength(t.taskId);
   const stage = Buffer.byteLength(t.stage);
@@ -85,6 +80,16 @@ export function encodeTransitionField(fieldNo: number, t: Transition): Buffer {
   if (detail) p = writeString(out, p, 0x62, t.detail, detail);
   if (worker) p = writeString(out, p, 0x6a, t.workerId, worker);
   if (p !== out.length) throw new Error(`transition encoding: wrote ${p} bytes of ${out.length}`);
+  return out;
+}
+
+/** One length-delimited field: its tag, the length of `body`, then `body`. */
+export function lengthDelimited(fieldNo: number, body: Uint8Array): Buffer {
+  const tag = (fieldNo << 3) | 2;
+  const out = Buffer.allocUnsafe(varintSize(tag) + varintSize(body.length) + body.length);
+  let p = writeVarint(out, 0, tag);
+  p = writeVarint(out, p, body.length);
+  out.set(body, p);
   return out;
 }
 
