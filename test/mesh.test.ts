@@ -1,6 +1,7 @@
 import test from "ava";
 import { Code, ConnectError, clientTo, State, StatusService, stateName } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import { runWatchingProgress } from "./helpers/progress.ts";
 import { waitFor } from "./helpers/wait.ts";
 
 interface Trail {
@@ -130,31 +131,13 @@ test.serial("progress: a handler's ctx.progress reaches a Watch live as RUNNING 
     async () => (await mesh.client.listWorkers()).flatMap((v) => v.workers).some((w) => w.id === worker.id && w.connected),
     { what: "the router to connect to the progress worker" },
   );
-  const taskId = `progress-${Date.now()}`;
-  const seen: { detail: string; stageEnded: boolean }[] = [];
-  let stageEnded = false;
-  let opened = false;
-  const watching = (async () => {
-    const stream = clientTo(StatusService, mesh.status[0]?.address ?? "").watch(
-      { taskId, waitForTask: true },
-      { onHeader: () => (opened = true), timeoutMs: 20_000 },
-    );
-    for await (const r of stream) {
-      const tr = r.transition;
-      if (!tr) continue;
-      if (tr.stage === "progress" && tr.from === State.RUNNING && tr.to === State.RUNNING) seen.push({ detail: tr.detail, stageEnded });
-      if (tr.stage === "progress" && tr.to === State.SUCCEEDED) stageEnded = true;
-    }
-  })();
-  await waitFor(() => opened);
-  const r = await mesh.client.run("progressing", { ms: 300 }, { taskId, deadline: 15_000 });
-  await watching;
+  const { result: r, seen } = await runWatchingProgress(mesh, "progressing", "progress", { ms: 300 });
   t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
   // Sent 300 ms apart to an idle router: each goes at once, and the Watch sees each live,
   // before the stage's end.
   t.deepEqual(seen.map((s) => s.detail), ["1/3", "2/3", "3/3"]);
   t.true(seen.every((s) => !s.stageEnded));
-  const state = await mesh.client.getState(taskId, { history: true });
+  const state = await mesh.client.getState(r.taskId, { history: true });
   const kept = state.history.filter((h) => h.from === State.RUNNING && h.to === State.RUNNING);
   t.deepEqual(kept.map((h) => h.detail), ["3/3"], "one progress entry per attempt: the latest");
   await worker.stop();

@@ -1,7 +1,8 @@
 // etcd out of space (its NOSPACE alarm) in a real mesh: Submit is refused at once with
 // RESOURCE_EXHAUSTED and what to do, and what was stored before stays readable.
-import { Code, ConnectError, connectEtcd, stateName } from "@dsat/sdk";
+import { Code, ConnectError, stateName } from "@dsat/sdk";
 import test from "ava";
+import { fillPastQuota } from "./helpers/etcd.ts";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -24,17 +25,7 @@ test("Submit on an etcd out of space is RESOURCE_EXHAUSTED at once, saying what 
   const before = await mesh.client.run("tiny", { n: 1 }, { deadline: 10_000 });
   t.is(stateName(before.state), "SUCCEEDED");
 
-  const fill = connectEtcd({ endpoints: mesh.etcd.endpoint });
-  t.teardown(() => fill.close());
-  const chunk = Buffer.alloc(256 * 1024, 1);
-  let full = false;
-  for (let i = 0; i < 100 && !full; i++) {
-    full = await fill
-      .put(`/fill/${i}`)
-      .value(chunk)
-      .then(() => false, () => true);
-  }
-  t.true(full, "etcd refused a write once past its 4 MB quota");
+  t.true(await fillPastQuota(mesh.etcd.endpoint), "etcd refused a write once past its 4 MB quota");
 
   const started = Date.now();
   const err = await mesh.client.submit("tiny", { n: 2 }).then(

@@ -13,10 +13,8 @@ import {
   type ProcessRequest,
   ProcessRequestSchema,
   State,
-  StatusService,
   stateName,
   type TaskState,
-  type Transition,
   WorkerService,
 } from "@dsat/sdk";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../sdk/src/gen/grpc/health/v1/health_pb.js";
@@ -27,6 +25,7 @@ import {
 } from "../sdk/src/gen/grpc/reflection/v1/reflection_pb.js";
 import { Span_SpanKind } from "../sdk/src/gen/opentelemetry/proto/trace/v1/trace_pb.js";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import { nanos, runWatchingProgress } from "./helpers/progress.ts";
 import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from "./helpers/otlp-receiver.ts";
 import { ROOT, type ServiceProcess, startProcess } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
@@ -108,8 +107,6 @@ async function runSpanOf(taskId: string): Promise<ReceivedSpan> {
   });
 }
 
-/** A transition's time in nanoseconds since the epoch, as OTLP carries it. */
-const nanos = (tr: Transition | undefined) => (tr?.time ? tr.time.seconds * 1_000_000_000n + BigInt(tr.time.nanos) : -1n);
 
 /** An etcd client, as the SDK makes it. */
 type Etcd = ReturnType<typeof connectEtcd>;
@@ -432,38 +429,10 @@ test.serial("a traced Python worker exports what it buffered when SIGTERM drains
   t.like(span.events[1]?.attributes, { "dsat.state": "FAILED", "dsat.error.code": "UNKNOWN", "dsat.error.message": 'python boom on "x"' });
 });
 
-/**
- * Runs a task of `pipeline` while watching it on StatusService from before its start, and
- * returns how it ended and the progress of `stage` the Watch saw live, with whether the stage
- * had ended by then.
- */
-async function runWatchingProgress(pipeline: string, stage: string, payload: unknown) {
-  const taskId = `${pipeline}-${Date.now()}`;
-  const seen: { detail: string; at: bigint; stageEnded: boolean }[] = [];
-  let stageEnded = false;
-  let opened = false;
-  const watching = (async () => {
-    const stream = clientTo(StatusService, mesh.status[0]?.address ?? "").watch(
-      { taskId, waitForTask: true },
-      { onHeader: () => (opened = true), timeoutMs: 20_000 },
-    );
-    for await (const res of stream) {
-      const tr = res.transition;
-      if (!tr || tr.stage !== stage) continue;
-      if (tr.from === State.RUNNING && tr.to === State.RUNNING) seen.push({ detail: tr.detail, at: nanos(tr), stageEnded });
-      if (tr.to === State.SUCCEEDED) stageEnded = true;
-    }
-  })();
-  await waitFor(() => opened, { what: "the Watch to open" });
-  const result = await mesh.client.run(pipeline, payload, { taskId, deadline: 15_000 });
-  await watching;
-  return { result, seen };
-}
-
 test.serial("progress from a Python handler reaches a Watch live as RUNNING -> RUNNING with its details in order; the record keeps the latest", async (t) => {
   const w = await startPythonWorker("pyprogress", "stages:progress3", [], tracedEnv());
   await connected(w.id);
-  const { result: r, seen } = await runWatchingProgress("py-progress", "pyprogress", { ms: 300 });
+  const { result: r, seen } = await runWatchingProgress(mesh, "py-progress", "pyprogress", { ms: 300 });
   t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
   t.deepEqual(r.output.json(), { ms: 300 }, "progress3 returns its input");
   // Sent 300 ms apart: each goes at once, and the Watch sees each live, before the stage's end.
@@ -487,7 +456,7 @@ test.serial("Python progress goes at most every 100 ms: what comes faster is coa
   // a Watch need not see them all.
   const w = await startPythonWorker("pyburst", "stages:progress_burst", [], tracedEnv());
   await connected(w.id);
-  const { result: r, seen } = await runWatchingProgress("py-progress-burst", "pyburst", null);
+  const { result: r, seen } = await runWatchingProgress(mesh, "py-progress-burst", "pyburst", null);
   t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
   // Sent: "1" at once; of "2" … "100", which came within 100 ms of it, only "100", 100 ms
   // later; "last" 300 ms on, at once; "dropped" right after it would wait 100 ms, but the

@@ -20,7 +20,7 @@ import test from "ava";
 import type { Etcd3 } from "etcd3";
 import { StatusServer } from "../services/status/status-server.ts";
 import { spawn } from "node:child_process";
-import { startEtcd, type TestEtcd } from "./helpers/etcd.ts";
+import { fillPastQuota, startEtcd, type TestEtcd } from "./helpers/etcd.ts";
 import { ROOT, startService } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -611,17 +611,7 @@ test("etcd out of space: Report fails RESOURCE_EXHAUSTED saying what to do; what
   const before = "nospace-before";
   await createTasks([before], "p", store.address);
   // Fill etcd past its 4 MB quota with other keys: it raises its NOSPACE alarm.
-  const fill = connectEtcd({ endpoints: small.endpoint });
-  t.teardown(() => fill.close());
-  const chunk = Buffer.alloc(256 * 1024, 1);
-  let full = false;
-  for (let i = 0; i < 100 && !full; i++) {
-    full = await fill
-      .put(`/fill/${i}`)
-      .value(chunk)
-      .then(() => false, () => true);
-  }
-  t.true(full, "etcd refused a write once past its quota");
+  t.true(await fillPastQuota(small.endpoint), "etcd refused a write once past its quota");
 
   const err = await clientTo(StatusService, store.address)
     .report({ routerId: "router-test", created: [{ id: "nospace-after", pipeline: "p", pipelineVersion: 1n }] })

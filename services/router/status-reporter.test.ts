@@ -77,6 +77,23 @@ function reporter(peer: Peer, options: Partial<StatusReporterOptions> = {}): Sta
   return new StatusReporter("router-test", () => [peer.member], createLogger({}, "silent"), options);
 }
 
+/**
+ * Makes the reporter busy: a Report of one transition (task "z") that the peer holds
+ * unanswered until answerHeld; resolves once it is the `nth` Report the peer got.
+ */
+async function makeBusy(peer: Peer, r: StatusReporter, nth: number): Promise<{ done: Promise<void> }> {
+  peer.holdAnswers = true;
+  const done = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
+  await waitFor(() => peer.reports.length === nth, { timeoutMs: 5_000, what: "the busy report" });
+  return { done };
+}
+
+/** Answers every Report the peer holds, and those to come. */
+function answerHeld(peer: Peer): void {
+  peer.holdAnswers = false;
+  for (const answer of peer.pending.splice(0)) answer();
+}
+
 const step = (taskId: string, stage: string, from: State, to: State): Transition =>
   create(TransitionSchema, { taskId, stage, attempt: 1, from, to });
 
@@ -94,16 +111,13 @@ test("an idle reporter sends a transition at once; while busy, a task's steps ar
   t.deepEqual(ids(peer.reports[0] as ReportRequest), ["a:s1:PENDING"]);
 
   // Busy: the next Report is not answered until the test says so.
-  peer.holdAnswers = true;
-  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
-  await waitFor(() => peer.reports.length === 2, { timeoutMs: 5_000, what: "the busy report" });
+  const { done: busy } = await makeBusy(peer, r, 2);
   r.send(step("a", "s1", State.PENDING, State.DISPATCHED));
   r.send(step("b", "s1", State.PENDING, State.DISPATCHED));
   r.send(step("a", "s1", State.DISPATCHED, State.RUNNING));
   const end = r.sendDurable(step("a", "", State.RUNNING, State.SUCCEEDED));
   t.is(r.backlog, 5, "the Report in flight, a's two steps and b's one held, a's end queued");
-  peer.holdAnswers = false;
-  for (const answer of peer.pending.splice(0)) answer();
+  answerHeld(peer);
   await Promise.all([busy, end]);
   // a's held steps went before its end, in order; b's step stays held (no awaited item yet).
   t.deepEqual(ids(peer.reports[2] as ReportRequest), ["a:s1:DISPATCHED", "a:s1:RUNNING", "a::SUCCEEDED"]);
@@ -118,12 +132,9 @@ test("a held transition goes by itself once it has waited lingerMs", async (t) =
   t.teardown(() => peer.server.close());
   const r = reporter(peer, { lingerMs: 50, idleReleaseBelow: 0 });
   t.teardown(() => r.close());
-  peer.holdAnswers = true;
-  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
-  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the busy report" });
+  const { done: busy } = await makeBusy(peer, r, 1);
   r.send(step("c", "s1", State.PENDING, State.DISPATCHED));
-  peer.holdAnswers = false;
-  for (const answer of peer.pending.splice(0)) answer();
+  answerHeld(peer);
   await busy;
   await waitFor(() => peer.reports.length === 2, { timeoutMs: 5_000, what: "the lingering transition's report" });
   t.deepEqual(ids(peer.reports[1] as ReportRequest), ["c:s1:DISPATCHED"]);
@@ -134,13 +145,10 @@ test("with lingerMs 0 nothing is held: every transition is in the next Report", 
   t.teardown(() => peer.server.close());
   const r = reporter(peer, { lingerMs: 0 });
   t.teardown(() => r.close());
-  peer.holdAnswers = true;
-  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
-  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the busy report" });
+  const { done: busy } = await makeBusy(peer, r, 1);
   r.send(step("d", "s1", State.PENDING, State.DISPATCHED));
   r.send(step("e", "s1", State.PENDING, State.DISPATCHED));
-  peer.holdAnswers = false;
-  for (const answer of peer.pending.splice(0)) answer();
+  answerHeld(peer);
   await busy;
   await waitFor(() => peer.reports.length === 2, { timeoutMs: 5_000, what: "the second report" });
   t.deepEqual(ids(peer.reports[1] as ReportRequest), ["d:s1:DISPATCHED", "e:s1:DISPATCHED"]);
@@ -151,13 +159,10 @@ test("Reports stay under StatusService's message limit: large payloads go in sep
   t.teardown(() => peer.server.close());
   const r = reporter(peer, { maxBatchBytes: 3 * 1024 * 1024 });
   t.teardown(() => r.close());
-  peer.holdAnswers = true;
-  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
-  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the busy report" });
+  const { done: busy } = await makeBusy(peer, r, 1);
   const big = (id: string) => create(TaskSchema, { id, pipeline: "p", payload: new Uint8Array(2 * 1024 * 1024) });
   const created = [r.create(big("t1"), []), r.create(big("t2"), []), r.create(big("t3"), [])];
-  peer.holdAnswers = false;
-  for (const answer of peer.pending.splice(0)) answer();
+  answerHeld(peer);
   await busy;
   t.deepEqual(await Promise.all(created), [true, true, true]);
   t.deepEqual(
@@ -175,8 +180,7 @@ test("with several lanes, Reports of different tasks are in flight at once", asy
   const done = Array.from({ length: 40 }, (_, i) => r.sendDurable(step(`task-${i}`, "", State.PENDING, State.RUNNING)));
   await waitFor(() => peer.reports.length === 4, { timeoutMs: 5_000, what: "one report per lane" });
   t.is(new Set(peer.reports.flatMap((rep) => rep.transitions.map((x) => x.taskId))).size, 40);
-  peer.holdAnswers = false;
-  for (const answer of peer.pending.splice(0)) answer();
+  answerHeld(peer);
   await Promise.all(done);
 });
 
@@ -185,13 +189,10 @@ test("at low load (steps of few tasks held) a lane that goes idle sends what it 
   t.teardown(() => peer.server.close());
   const r = reporter(peer, { lingerMs: 60_000, idleReleaseBelow: 16 });
   t.teardown(() => r.close());
-  peer.holdAnswers = true;
-  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
-  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the busy report" });
+  const { done: busy } = await makeBusy(peer, r, 1);
   r.send(step("f", "s1", State.DISPATCHED, State.RUNNING));
   t.is(r.backlog, 2, "held while the lane is busy");
-  peer.holdAnswers = false;
-  for (const answer of peer.pending.splice(0)) answer();
+  answerHeld(peer);
   await busy;
   // No 60 s linger: one task's steps were held, so the lane let go once idle.
   await waitFor(() => peer.reports.length === 2, { timeoutMs: 5_000, what: "the held step's report" });
@@ -203,12 +204,9 @@ test("under load (steps of many tasks held) an idle lane keeps holding until eac
   t.teardown(() => peer.server.close());
   const r = reporter(peer, { lingerMs: 60_000, idleReleaseBelow: 16 });
   t.teardown(() => r.close());
-  peer.holdAnswers = true;
-  const busy = r.sendDurable(step("z", "", State.PENDING, State.RUNNING));
-  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the busy report" });
+  const { done: busy } = await makeBusy(peer, r, 1);
   for (let i = 0; i < 20; i++) r.send(step(`g${i}`, "s1", State.DISPATCHED, State.RUNNING));
-  peer.holdAnswers = false;
-  for (const answer of peer.pending.splice(0)) answer();
+  answerHeld(peer);
   await busy;
   t.is(r.backlog, 20, "still held: twenty tasks' steps are not low load");
   t.is(peer.reports.length, 1);
@@ -228,8 +226,7 @@ test("out of space (RESOURCE_EXHAUSTED): a new task is refused at once with the 
   const step1 = r.sendDurable(step("old", "", State.PENDING, State.RUNNING));
   const created = r.create(create(TaskSchema, { id: "new", pipeline: "p" }), [step("new", "s1", State.UNSPECIFIED, State.PENDING)]);
   await waitFor(() => peer.pending.length === 1, { timeoutMs: 5_000, what: "the first report" });
-  peer.holdAnswers = false;
-  for (const answer of peer.pending.splice(0)) answer();
+  answerHeld(peer);
   const err = await created.then(
     () => undefined,
     (e: unknown) => e as { code?: Code; rawMessage?: string },

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { connectEtcd } from "@dsat/sdk";
 import { LocalEtcd } from "../../services/cli/local-etcd.ts";
 
 /** A real etcd on free loopback ports with a temporary data dir. */
@@ -34,4 +35,25 @@ export async function startEtcd(extraArgs: readonly string[] = []): Promise<Test
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Writes 256 KiB values under /fill/ until etcd refuses one (at most 100 of them): true once
+ * it did, that is once etcd passed its --quota-backend-bytes and raised its NOSPACE alarm.
+ */
+export async function fillPastQuota(endpoint: string): Promise<boolean> {
+  const fill = connectEtcd({ endpoints: endpoint });
+  try {
+    const chunk = Buffer.alloc(256 * 1024, 1);
+    for (let i = 0; i < 100; i++) {
+      const refused = await fill
+        .put(`/fill/${i}`)
+        .value(chunk)
+        .then(() => false, () => true);
+      if (refused) return true;
+    }
+    return false;
+  } finally {
+    fill.close();
+  }
 }
