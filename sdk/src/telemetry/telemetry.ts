@@ -1,6 +1,7 @@
 import type { Tracer } from "@opentelemetry/api";
 import { trace } from "@opentelemetry/api";
 import { DSAT_VERSION } from "../version.ts";
+import type { DsatOtlpTraceExporter } from "./otlp-exporter.ts";
 
 /** Options of {@link startTelemetry}. */
 export interface TelemetryOptions {
@@ -50,7 +51,8 @@ function exporterNames(env: Readonly<Record<string, string | undefined>>): strin
 /**
  * Starts OpenTelemetry tracing in this process when the OTEL_* variables ask for it (see
  * {@link tracingConfigured}): the Node SDK with a batch span processor and, by default, the
- * OTLP exporter over HTTP/protobuf (OTEL_EXPORTER_OTLP_*), the sampler of
+ * OTLP exporter over HTTP/protobuf (OTEL_EXPORTER_OTLP_*; OpenTelemetry's transport, dsat's
+ * encoder: {@link DsatOtlpTraceExporter}), the sampler of
  * OTEL_TRACES_SAMPLER(_ARG), the W3C propagators. When tracing is off it loads nothing and
  * returns at once. `@opentelemetry/sdk-node` and `@opentelemetry/exporter-trace-otlp-proto`
  * are then needed (optional peer dependencies of the SDK). Calling it again returns the
@@ -80,9 +82,9 @@ async function start(opts: TelemetryOptions): Promise<Telemetry> {
   // The OpenTelemetry SDK reads process.env itself: so do we, for one truth.
   const env = process.env;
   if (!tracingConfigured(env)) return OFF;
-  const [{ NodeSDK }, { OTLPTraceExporter }] = await Promise.all([
+  const [{ NodeSDK }, { DsatOtlpTraceExporter }] = await Promise.all([
     import("@opentelemetry/sdk-node"),
-    import("@opentelemetry/exporter-trace-otlp-proto"),
+    import("./otlp-exporter.ts"),
   ]).catch((err: unknown) => {
     throw new Error(
       `tracing is on (OTEL_* variables) but the OpenTelemetry Node SDK is missing: npm install @opentelemetry/sdk-node @opentelemetry/exporter-trace-otlp-proto (${(err as Error).message})`,
@@ -96,7 +98,7 @@ async function start(opts: TelemetryOptions): Promise<Telemetry> {
   const named = Boolean(env.OTEL_SERVICE_NAME?.trim()) || /(^|,)\s*service\.name\s*=/.test(env.OTEL_RESOURCE_ATTRIBUTES ?? "");
   const sdk = new NodeSDK({
     ...(named ? {} : { serviceName: opts.serviceName }),
-    ...(ownExporter ? { traceExporter: new OTLPTraceExporter() } : {}),
+    ...(ownExporter ? { traceExporter: new DsatOtlpTraceExporter() } : {}),
     // Traces only: dsat serves its metrics itself (Prometheus text) and writes its logs as JSON lines.
     metricReaders: [],
     logRecordProcessors: [],
