@@ -19,6 +19,7 @@ import {
 } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
 import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from "./helpers/otlp-receiver.ts";
+import { scrape } from "./helpers/metrics.ts";
 import { ROOT, type ServiceProcess, startService } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -279,28 +280,6 @@ test.serial("a client's own span is the parent of the task's spans (run, submit,
   t.is(submit.traceId, traceId);
   t.is(submit.parentSpanId, spanId);
 });
-
-/** Parses the Prometheus text format: one entry per sample. */
-function parseMetrics(text: string): { name: string; labels: Record<string, string>; value: number }[] {
-  const out: { name: string; labels: Record<string, string>; value: number }[] = [];
-  for (const line of text.split("\n")) {
-    if (!line || line.startsWith("#")) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    if (!m) throw new Error(`not a sample line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const l of (m[2] ?? "").matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[l[1] as string] = l[2] as string;
-    out.push({ name: m[1] as string, labels, value: Number(m[3]) });
-  }
-  return out;
-}
-
-async function scrape(p: ServiceProcess): Promise<ReturnType<typeof parseMetrics>> {
-  if (!p.metrics) throw new Error(`${p.kind} ${p.id} serves no metrics`);
-  const res = await fetch(`http://${p.metrics}/metrics`);
-  if (res.status !== 200) throw new Error(`GET /metrics: ${res.status}`);
-  if (!res.headers.get("content-type")?.startsWith("text/plain; version=0.0.4")) throw new Error("not the Prometheus text format");
-  return parseMetrics(await res.text());
-}
 
 test.serial("the metrics endpoints agree with the tasks run", async (t) => {
   t.true(taskIds.length >= 4, "the tests before ran tasks");

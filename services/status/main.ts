@@ -2,7 +2,8 @@
  * Runs one StatusServer as a process, until SIGTERM or SIGINT (then it closes and exits 0):
  *
  *   node --conditions=@dsat/source services/status/main.ts --etcd 127.0.0.1:2379 --port 0 \
- *     --host 127.0.0.1 --prefix /dsat/v1/ [--lease-ttl 5] [--id ID] [--lanes 1] [--task-retention-ms 3600000]
+ *     --host 127.0.0.1 --prefix /dsat/v1/ [--lease-ttl 5] [--id ID] [--lanes 1] [--task-retention-ms 3600000] \
+ *     [--etcd-quota-bytes 2147483648] [--etcd-space-check-ms 30000]
  *
  * Flags also come from DSAT_ETCD, DSAT_HOST, DSAT_PORT, DSAT_PREFIX, DSAT_LEASE_TTL. Once
  * serving it prints one line, `ready {"kind":"status","id":…,"address":…,"pid":…}`; when
@@ -23,8 +24,10 @@ await runService("status", async (flags) => {
     ...(typeof flags.rest["task-retention-ms"] === "string"
       ? { taskRetentionMs: Number(flags.rest["task-retention-ms"]) }
       : {}),
+    ...(typeof flags.rest["etcd-quota-bytes"] === "string" ? { etcdQuotaBytes: Number(flags.rest["etcd-quota-bytes"]) } : {}),
+    ...(typeof flags.rest["etcd-space-check-ms"] === "string" ? { etcdSpaceCheckMs: Number(flags.rest["etcd-space-check-ms"]) } : {}),
     ...(flags.id ? { id: flags.id } : {}),
     ...(flags.metrics ? { metrics: flags.metrics } : {}),
   });
   return { id: server.id, address: server.address, close: () => server.close() };
-}, ["lanes", "task-retention-ms"]);
+}, ["lanes", "task-retention-ms", "etcd-quota-bytes", "etcd-space-check-ms"]);

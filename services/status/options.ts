@@ -42,9 +42,16 @@ export interface StatusOptions {
   taskRetentionMs: number;
   /**
    * Batches written at once: tasks are spread over this many lanes by id, each lane writes
-   * one batch at a time (routers use the same lanes). Default 4.
+   * one batch at a time (routers use the same lanes). Default 1.
    */
   lanes: number;
+  /**
+   * etcd's quota, its --quota-backend-bytes: past 80% of it the server warns (etcd refuses
+   * every write at 100%). 0 does not watch. Default 2 GiB, etcd's own default.
+   */
+  etcdQuotaBytes: number;
+  /** Time between two reads of etcd's database size, in milliseconds. Default 30000. */
+  etcdSpaceCheckMs: number;
   /** Deadline of the first etcd call at start, in milliseconds. Default 3000. */
   connectTimeoutMs: number;
   /** Where the server's metrics go (a process serves them, see services/common/metrics.ts). Default none: no metrics. */
@@ -69,6 +76,8 @@ export const DEFAULT_STATUS_OPTIONS: Readonly<StatusOptions> = Object.freeze({
   maxConflictRetries: 5,
   lanes: 1,
   taskRetentionMs: 3_600_000,
+  etcdQuotaBytes: 2 * 1024 ** 3,
+  etcdSpaceCheckMs: 30_000,
   connectTimeoutMs: 3_000,
 });
 
@@ -94,5 +103,7 @@ export function resolveStatusOptions(options: Partial<StatusOptions> = {}): Stat
   check("lanes", opts.lanes, 1, 64);
   check("taskRetentionMs", opts.taskRetentionMs, 0, 365 * 24 * 3_600_000);
   check("connectTimeoutMs", opts.connectTimeoutMs, 1, Number.MAX_SAFE_INTEGER);
+  check("etcdQuotaBytes", opts.etcdQuotaBytes, 0, Number.MAX_SAFE_INTEGER);
+  check("etcdSpaceCheckMs", opts.etcdSpaceCheckMs, 10, 24 * 3_600_000);
   return opts;
 }

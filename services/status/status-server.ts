@@ -21,6 +21,7 @@ import {
   toDsatError,
 } from "@dsat/sdk";
 import type { Etcd3 } from "etcd3";
+import { DEFAULT_ETCD_SPACE_OPTIONS, EtcdSpaceWatch } from "./etcd-space.ts";
 import { PipelineHandlers, StatusHandlers } from "./handlers.ts";
 import { resolveStatusOptions, type StatusOptions } from "./options.ts";
 import { TaskStore } from "./task-store.ts";
@@ -46,6 +47,7 @@ export class StatusServer {
   readonly #registration: Registration;
   readonly #store: TaskStore;
   readonly #status: StatusHandlers;
+  readonly #space: EtcdSpaceWatch;
   readonly #log: Logger;
   #closing: Promise<void> | undefined;
 
@@ -57,6 +59,7 @@ export class StatusServer {
     registration: Registration;
     store: TaskStore;
     status: StatusHandlers;
+    space: EtcdSpaceWatch;
     log: Logger;
   }) {
     this.options = Object.freeze(init.options);
@@ -67,6 +70,7 @@ export class StatusServer {
     this.#grpc = init.grpc;
     this.#registration = init.registration;
     this.#store = init.store;
+    this.#space = init.space;
     this.#status = init.status;
     this.#log = init.log;
   }
@@ -114,7 +118,13 @@ export class StatusServer {
       });
       grpcServer.health.setAll(ServingStatus.SERVING);
       log.info("serving", { address: grpcServer.address });
-      return new StatusServer({ options: opts, etcd, ownsEtcd, grpc: grpcServer, registration, store, status, log });
+      const space = new EtcdSpaceWatch(
+        etcd,
+        { ...DEFAULT_ETCD_SPACE_OPTIONS, quotaBytes: opts.etcdQuotaBytes, checkMs: opts.etcdSpaceCheckMs },
+        log,
+        opts.metrics,
+      );
+      return new StatusServer({ options: opts, etcd, ownsEtcd, grpc: grpcServer, registration, store, status, space, log });
     } catch (err) {
       await grpcServer?.close(0);
       if (ownsEtcd) etcd.close();
@@ -138,6 +148,7 @@ export class StatusServer {
       this.#log.warn("revoking the registration failed", { error: toDsatError(err).message });
     });
     this.#status.close();
+    this.#space.close();
     await this.#grpc.close(CLOSE_GRACE_MS);
     await this.#store.close();
     if (this.#ownsEtcd) this.#etcd.close();

@@ -22,6 +22,8 @@ export interface MeshOptions {
   routers?: number;
   /** Extra router flags. */
   routerArgs?: string[];
+  /** Extra status server flags. */
+  statusArgs?: string[];
   /** Lease TTL of every member, in seconds. Default 2. */
   leaseTtlSeconds?: number;
   /** Environment of every process (added to the test's; undefined removes a variable). */
@@ -45,7 +47,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
   const workers: ServiceProcess[] = [];
   try {
     for (let i = 0; i < (options.status ?? 1); i++) {
-      const p = await startService("services/status/main.ts", [...common, ...(await metricsArgs())], env);
+      const p = await startService("services/status/main.ts", [...common, ...(await metricsArgs()), ...(options.statusArgs ?? [])], env);
       status.push(p);
       all.push(p);
     }
