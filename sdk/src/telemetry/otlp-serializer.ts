@@ -14,6 +14,8 @@ const WIRE_VARINT = 0;
 const WIRE_FIXED64 = 1;
 const WIRE_LEN = 2;
 const WIRE_FIXED32 = 5;
+/** KeyValue.value: field 2, length-delimited. */
+const VALUE_TAG = (2 << 3) | WIRE_LEN;
 
 const SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK = 0x100;
 const SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK = 0x200;
@@ -56,7 +58,11 @@ class Writer {
   }
 
   tag(field: number, wire: number): void {
-    this.varint((field << 3) | wire);
+    const t = (field << 3) | wire;
+    if (t < 0x80) {
+      this.ensure(1);
+      this.buf[this.pos++] = t;
+    } else this.varint(t);
   }
 
   /** A non-negative integer below 2^53 as a varint. */
@@ -213,13 +219,17 @@ function keyBytes(key: string): Buffer {
 }
 
 function writeAttributes(w: Writer, attributes: Attributes, field: number): void {
-  for (const key in attributes) {
-    if (!Object.hasOwn(attributes, key)) continue;
-    w.tag(field, WIRE_LEN);
-    const kv = w.begin();
-    w.raw(keyBytes(key));
-    w.tag(2, WIRE_LEN);
-    const value = w.begin();
+  const tag = (field << 3) | WIRE_LEN; // every field number used here is below 16: one byte
+  const keys = Object.keys(attributes);
+  for (let i = 0; i < keys.length; i++) {
+    const key = keys[i] as string;
+    const k = keyBytes(key);
+    w.ensure(k.length + 4);
+    w.buf[w.pos++] = tag;
+    const kv = w.pos++;
+    w.raw(k);
+    w.buf[w.pos++] = VALUE_TAG;
+    const value = w.pos++;
     writeAnyValue(w, attributes[key]);
     w.end(value);
     w.end(kv);
