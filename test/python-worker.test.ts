@@ -2,14 +2,18 @@
 // router and TypeScript workers as processes, Python workers as /usr/bin/python3 processes.
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import type { NetworkInterfaceInfo } from "node:os";
 import { create } from "@bufbuild/protobuf";
 import test from "ava";
 import {
   AsyncQueue,
+  advertisedAddress,
   Code,
   ConnectError,
   clientTo,
   connectEtcd,
+  Keys,
+  parseMember,
   type ProcessRequest,
   ProcessRequestSchema,
   State,
@@ -477,4 +481,75 @@ test.serial("Python progress goes at most every 100 ms: what comes faster is coa
   t.is(details.at(-1), "last");
   t.true(seen.every((s) => !s.stageEnded));
   await w.kill9();
+});
+
+/** The address in a worker's member record in etcd ("" when it has none). */
+async function registeredAddress(id: string): Promise<string> {
+  const etcd = connectEtcd({ endpoints: mesh.etcd.endpoint });
+  try {
+    const kv = (await etcd.get(new Keys().member("worker", id)).exec()).kvs[0];
+    return kv ? (parseMember(kv.value)?.address ?? "") : "";
+  } finally {
+    etcd.close();
+  }
+}
+
+test.serial("--advertise: a Python worker listening on 0.0.0.0 registers the address given, and the router reaches it there", async (t) => {
+  // 127.0.0.2 is loopback too (Linux routes 127.0.0.0/8 to lo): the router can only reach
+  // the worker through it if it dials what etcd says rather than where the worker listens.
+  const w = await startPythonWorker("pyadvertised", "stages:hold", ["--host", "0.0.0.0", "--advertise", "127.0.0.2"], {
+    DSAT_ADVERTISE: undefined,
+  });
+  t.regex(w.address, /^127\.0\.0\.2:\d+$/, "the ready line says the address given, with the port bound");
+  t.is(await registeredAddress(w.id), w.address, "etcd says the same address");
+  await mesh.client.applyPipeline({ name: "py-advertised", stages: [{ name: "pyadvertised" }] });
+  await connected(w.id);
+  const r = await mesh.client.run("py-advertised", { ms: 1 }, { deadline: 10_000 });
+  t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+  t.deepEqual(r.output.json(), { held: 1, by: w.id });
+  await w.kill9();
+});
+
+test.serial("a Python worker on 0.0.0.0 registers what a TypeScript server would (never 0.0.0.0); DSAT_ADVERTISE host:port is taken as it is", async (t) => {
+  const [wildcard, mapped] = await Promise.all([
+    startPythonWorker("pywildcard", "stages:hold", ["--host", "0.0.0.0"], { DSAT_ADVERTISE: undefined }),
+    // Port 1 stands for a port mapped elsewhere (as in a container): registered, not dialled here.
+    startPythonWorker("pymapped", "stages:hold", ["--host", "0.0.0.0"], { DSAT_ADVERTISE: "127.0.0.3:1" }),
+  ]);
+  try {
+    const port = Number(wildcard.address.slice(wildcard.address.lastIndexOf(":") + 1));
+    t.notRegex(wildcard.address, /^0\.0\.0\.0:/);
+    t.is(wildcard.address, advertisedAddress("0.0.0.0", port), "this machine's first non-internal IPv4, as Node lists them");
+    t.is(await registeredAddress(wildcard.id), wildcard.address);
+    t.is(mapped.address, "127.0.0.3:1");
+    t.is(await registeredAddress(mapped.id), "127.0.0.3:1");
+  } finally {
+    await Promise.all([wildcard.kill9(), mapped.kill9()]);
+  }
+});
+
+test("advertised_address in Python gives what advertisedAddress gives in TypeScript", (t) => {
+  const nic = (address: string, family: "IPv4" | "IPv6", internal: boolean): NetworkInterfaceInfo =>
+    ({ address, family, internal, netmask: "", mac: "", cidr: null }) as NetworkInterfaceInfo;
+  const lo = [nic("127.0.0.1", "IPv4", true), nic("::1", "IPv6", true)];
+  const machine = { lo, eth0: [nic("fe80::1", "IPv6", false), nic("10.1.2.3", "IPv4", false)] };
+  const cases: [host: string, advertise: string][] = [
+    ["127.0.0.1", ""], ["10.9.9.9", ""], ["::1", ""], ["0.0.0.0", ""], ["::", ""], ["", ""],
+    ["0.0.0.0", "router-1.internal"], ["0.0.0.0", " 203.0.113.5:30001 "], ["0.0.0.0", "2001:db8::5"],
+    ["0.0.0.0", "[2001:db8::5]:30001"], ["0.0.0.0", "[2001:db8::5]"], ["0.0.0.0", "host:notaport"], ["::", "   "],
+  ];
+  // Each case with an interface of 10.1.2.3, then with loopback alone, then with this machine's own.
+  const script = [
+    "import json, sys",
+    "sys.path.insert(0, 'examples/python-worker')",
+    "from dsat_worker import advertised_address as a",
+    "cases = json.load(sys.stdin)",
+    "print(json.dumps([[a(h, 7001, v, lambda: '10.1.2.3'), a(h, 7001, v, lambda: None), a(h, 7001, v)] for h, v in cases]))",
+  ].join("\n");
+  const py = spawnSync(PYTHON, ["-c", script], { cwd: ROOT, input: JSON.stringify(cases), encoding: "utf8", timeout: 30_000 });
+  t.is(py.status, 0, py.stderr);
+  t.deepEqual(
+    JSON.parse(py.stdout),
+    cases.map(([h, v]) => [advertisedAddress(h, 7001, v, machine), advertisedAddress(h, 7001, v, { lo }), advertisedAddress(h, 7001, v)]),
+  );
 });

@@ -42,6 +42,7 @@ import platform
 import random
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -74,7 +75,9 @@ __all__ = [
     "StageError",
     "TaskContext",
     "Worker",
+    "advertised_address",
     "encode_output",
+    "first_external_ipv4",
     "is_compatible",
     "parse_version",
     "route_to",
@@ -454,6 +457,80 @@ class _Timers:
                     _make_logger().exception("timer callback failed")
 
 
+# ---------------------------------------------------------------------------- addresses
+
+#: Hosts that mean "every interface": never an address to dial.
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+#: An --advertise value taken as it is: "[ipv6]:port" or "host:port" (sdk/src/server/serve.ts).
+_HOST_PORT_RE = re.compile(r"\[.*\]:[0-9]+|[^:]+:[0-9]+")
+#: The brackets an IPv6 --advertise value without a port may have (put back once, with the port).
+_BRACKETS_RE = re.compile(r"^\[|\]\Z")
+#: Linux ioctl requests and interface flags (<linux/sockios.h>, <net/if.h>).
+_SIOCGIFFLAGS, _SIOCGIFADDR = 0x8913, 0x8915
+_IFF_UP, _IFF_LOOPBACK, _IFF_RUNNING = 0x1, 0x8, 0x40
+
+
+def first_external_ipv4() -> str | None:
+    """This machine's first non-internal IPv4 address, as Node's ``os.networkInterfaces()``
+    lists them for the TypeScript servers, or None when it has none.
+
+    On Linux it asks the kernel, for each interface in index order (``socket.if_nameindex``),
+    for its flags (ioctl SIOCGIFFLAGS) and its IPv4 address (ioctl SIOCGIFADDR), on a UDP
+    socket that is never bound, connected or sent on; it skips interfaces that are not up and
+    running and loopback ones (what Node calls internal), as Node does. It needs no network,
+    no route and no DNS, and sees the interfaces of the network namespace it runs in (only
+    ``lo`` in an empty one: None). Elsewhere it takes the first IPv4 address the host name
+    resolves to (``getaddrinfo``) outside 127.0.0.0/8.
+    """
+    if sys.platform.startswith("linux"):
+        import fcntl  # noqa: PLC0415 - Unix only
+
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                for _, name in socket.if_nameindex():
+                    req = struct.pack("256s", name.encode()[:15])  # struct ifreq, name first
+                    try:
+                        flags = struct.unpack_from("H", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req), 16)[0]
+                        if flags & _IFF_LOOPBACK or flags & (_IFF_UP | _IFF_RUNNING) != _IFF_UP | _IFF_RUNNING:
+                            continue
+                        # ifr_addr, a sockaddr_in at offset 16: family, port, then the address.
+                        return socket.inet_ntoa(fcntl.ioctl(s.fileno(), _SIOCGIFADDR, req)[20:24])
+                    except OSError:
+                        continue  # gone since it was listed, or no IPv4 address (EADDRNOTAVAIL)
+        except OSError:
+            return None
+        return None
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        return None
+    return next((str(i[4][0]) for i in infos if not str(i[4][0]).startswith("127.")), None)
+
+
+def advertised_address(
+    host: str,
+    port: int,
+    advertise: str = "",
+    first_ipv4: Callable[[], str | None] = first_external_ipv4,
+) -> str:
+    """The host:port that a server listening on ``host``:``port`` tells others to dial, by the
+    rules of the TypeScript servers (sdk/src/server/serve.ts ``advertisedAddress``):
+    ``advertise`` when given ("host", with ``port``, or "host:port" as it is), else ``host``,
+    else for a wildcard host (0.0.0.0, ::, "") the machine's first non-internal IPv4 address
+    (``first_ipv4()``; 127.0.0.1 when there is none). An IPv6 host is put in brackets."""
+    a = advertise.strip()
+    if a:
+        if _HOST_PORT_RE.fullmatch(a):
+            return a
+        if ":" in a:
+            return f"[{_BRACKETS_RE.sub('', a)}]:{port}"
+        return f"{a}:{port}"
+    chosen = host
+    if host in _WILDCARD_HOSTS:
+        chosen = first_ipv4() or "127.0.0.1"
+    return f"[{chosen}]:{port}" if ":" in chosen else f"{chosen}:{port}"
+
+
 # ---------------------------------------------------------------------------- worker
 
 # The FSM states a worker reports (dsat.v1.State).
@@ -629,8 +706,12 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
       stage: the stage served. handler: ``handler(payload: Payload, ctx: TaskContext)``.
       concurrency: handlers run at once (default 1). etcd: "host:port[,host:port]" (default
       $DSAT_ETCD, else 127.0.0.1:2379). host/port: where to listen (default 127.0.0.1, 0 = any
-      free port). lease_ttl_s: lease TTL in seconds (default 5). prefix: etcd key prefix
-      (default "/dsat/v1/"). id: member id (default "<stage>-<host>-<pid>-<4 hex>").
+      free port). advertise: the address registered in etcd for routers to dial, "host" (with
+      the port bound) or "host:port" as it is (a port mapped elsewhere, as in a container);
+      default "": ``host``, or for a wildcard host (0.0.0.0, ::) this machine's first
+      non-internal IPv4 address, 127.0.0.1 when it has none (``advertised_address``).
+      lease_ttl_s: lease TTL in seconds (default 5). prefix: etcd key prefix (default
+      "/dsat/v1/"). id: member id (default "<stage>-<host>-<pid>-<4 hex>").
       default_timeout_ms: an attempt's timeout when the router sends none (default 30000).
       protocol_version: announced version (default PROTOCOL_VERSION; change it only to test
       refusals). drain_timeout_s: how long drain waits for running tasks (default 30).
@@ -647,6 +728,7 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
         etcd: str | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        advertise: str = "",
         lease_ttl_s: int = 5,
         prefix: str = "/dsat/v1/",
         id: str | None = None,  # noqa: A002 - the member's id, as the protocol names it
@@ -670,7 +752,7 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
         self.drain_timeout_s = drain_timeout_s
         self.id = id or f"{stage}-{socket.gethostname()}-{os.getpid()}-{random.getrandbits(16):04x}"
         self.address = ""
-        self._host, self._port = host, port
+        self._host, self._port, self._advertise = host, port, advertise
         self._prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._etcd = _EtcdGateway(etcd or os.environ.get("DSAT_ETCD") or "127.0.0.1:2379")
         self._lease_ttl_s = lease_ttl_s
@@ -715,11 +797,13 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
         self._health.add_to_server(self._server)
         ReflectionService(["dsat.v1.WorkerService", "grpc.health.v1.Health",
                            "grpc.reflection.v1.ServerReflection"]).add_to_server(self._server)
-        bound = self._server.add_insecure_port(f"{self._host}:{self._port}")
+        bind_host = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 host in brackets
+        bound = self._server.add_insecure_port(f"{bind_host}:{self._port}")
         if bound == 0:
-            raise OSError(f"cannot listen on {self._host}:{self._port}")
+            raise OSError(f"cannot listen on {bind_host}:{self._port}")
         self._server.start()
-        self.address = f"{self._host}:{bound}"
+        # What routers dial, never a wildcard such as 0.0.0.0 (advertised_address).
+        self.address = advertised_address(self._host, bound, self._advertise)
         started = _now()
         self._member = member_pb2.Member(
             id=self.id,
@@ -742,7 +826,8 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
             self._server.stop(0)
             raise
         self._health.set_all(SERVING)
-        self._log.info("worker serving", extra={"fields": {"member": self.id, "address": self.address}})
+        self._log.info("worker serving", extra={"fields": {"member": self.id, "address": self.address,
+                                                           "listen": f"{bind_host}:{bound}"}})
 
     @property
     def in_flight(self) -> int:

@@ -37,6 +37,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=int(env("DSAT_CONCURRENCY", "1")), help="tasks at once")
     p.add_argument("--lease-ttl", type=int, default=int(env("DSAT_LEASE_TTL", "5")), help="lease TTL, seconds")
     p.add_argument("--host", default=env("DSAT_HOST", "127.0.0.1"), help="interface to listen on")
+    p.add_argument("--advertise", default=env("DSAT_ADVERTISE", ""),
+                   help='the address registered for routers to dial: "host" (with the port bound) or "host:port"; '
+                        "default: the --host, or for 0.0.0.0 or :: this machine's first non-internal IPv4 address "
+                        "(127.0.0.1 when it has none)")
     p.add_argument("--port", type=int, default=int(env("DSAT_PORT", "0")), help="port; 0 picks a free one")
     p.add_argument("--prefix", default=env("DSAT_PREFIX", "/dsat/v1/"), help="etcd key prefix")
     p.add_argument("--id", default=None, help="member id (default <stage>-<host>-<pid>-<hex>)")
@@ -73,6 +77,7 @@ def main(argv: list[str]) -> None:
             etcd=args.etcd,
             host=args.host,
             port=args.port,
+            advertise=args.advertise,
             lease_ttl_s=args.lease_ttl,
             prefix=args.prefix,
             id=args.id,
