@@ -1,4 +1,3 @@
-import { create } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import {
   type Assignment,
@@ -15,7 +14,6 @@ import {
   TRACEPARENT,
   TRACESTATE,
   type Transition,
-  TransitionSchema,
 } from "@dsat/sdk";
 import type * as grpc from "@grpc/grpc-js";
 import { ROOT_CONTEXT, type Span, SpanKind, SpanStatusCode, type Tracer, trace } from "@opentelemetry/api";
@@ -145,16 +143,7 @@ export class RouterTelemetry {
     const span = this.#taskSpan(`submit ${task.pipeline}`, task, createdMs);
     if (span) {
       // StatusService records the task's own PENDING when it stores the task.
-      addTransitionEvent(
-        span,
-        create(TransitionSchema, {
-          taskId: task.id,
-          from: State.UNSPECIFIED,
-          to: State.PENDING,
-          time: task.createdAt,
-          memberId: this.#routerId,
-        }),
-      );
+      addTransitionEvent(span, { taskId: task.id, stage: "", attempt: 0, to: State.PENDING, workerId: "", port: "", error: undefined, time: task.createdAt });
     }
     this.#transitions?.inc(["", stateName(State.PENDING)]);
     this.#tasks.set(task.id, { pipeline: task.pipeline, createdMs, span, stages: new Map() });

@@ -39,13 +39,16 @@ export function isEndState(s: State): boolean {
   return s === State.SUCCEEDED || s === State.FAILED || s === State.TIMED_OUT || s === State.CANCELLED;
 }
 
+/** What {@link addTransitionEvent} reads of a transition. */
+export type TransitionEventFields = Pick<Transition, "taskId" | "stage" | "attempt" | "to" | "workerId" | "port" | "error" | "time">;
+
 /**
  * Adds one FSM transition to a span as an event named after the state it goes to, at the
  * transition's own time, with the task, stage, attempt, worker, state, port and error. (No
  * more: events are most of a trace's bytes. Who made it is the span's; where it came from,
  * the event before.)
  */
-export function addTransitionEvent(span: Span, t: Transition, workerId = t.workerId): void {
+export function addTransitionEvent(span: Span, t: TransitionEventFields, workerId = t.workerId): void {
   const attrs: Attributes = {
     [ATTR.taskId]: t.taskId,
     [ATTR.stage]: t.stage,
