@@ -10,7 +10,7 @@ import { parseArgs } from "node:util";
 import { etcdBinary } from "../services/cli/local-etcd.ts";
 import { type Deployment, dsatEchoPipeline, startDsat, startMoleculer, startRaw } from "./lib/deployments.ts";
 import type { LoadPlan } from "./lib/load.ts";
-import { measure } from "./lib/measure.ts";
+import { type Measured, measure, mergeMeasured } from "./lib/measure.ts";
 import { runMemoryMode } from "./lib/memory-mode.ts";
 import { machineBusySeconds } from "./lib/proc-stats.ts";
 import { ROOT } from "./lib/processes.ts";
@@ -34,29 +34,41 @@ const PAYLOAD_BYTES = 64;
 /** Tasks each dsat worker runs at once: enough that 1000 in flight never wait for a slot. */
 const DSAT_WORKER_CONCURRENCY = 1000;
 
+/**
+ * Rounds of a run: in each, every scenario is measured once, in turn, on deployments that
+ * stay up between rounds. A scenario's windows are thus spread over the whole run, as are
+ * the others': when the machine gets slower or faster during the run (it does, by tens of
+ * percent on a shared VM), every system sees it, and the ratios stay fair.
+ */
+const ROUNDS = quick ? 1 : 3;
+/** The warm-up of a deployment's later rounds: the driver is new, the deployment is warm already. */
+const LATER_WARMUP = { warmupTasks: 5_000, warmupMs: 2_000 };
+
+/** The plan of a scenario's first round (one window; later rounds warm up for less). */
 const plan = (inFlight: number): LoadPlan =>
   quick
     ? { inFlight, warmupTasks: 2_000, warmupMs: 2_000, windows: 1, windowTasks: 5_000, windowMs: 5_000, drainMs: 10_000, payloadBytes: PAYLOAD_BYTES }
-    : { inFlight, warmupTasks: 30_000, warmupMs: 5_000, windows: 3, windowTasks: 20_000, windowMs: 15_000, drainMs: 10_000, payloadBytes: PAYLOAD_BYTES };
+    : { inFlight, warmupTasks: 30_000, warmupMs: 5_000, windows: 1, windowTasks: 20_000, windowMs: 15_000, drainMs: 10_000, payloadBytes: PAYLOAD_BYTES };
 
 const say = (s: string) => process.stdout.write(`${s}\n`);
-let current: Deployment | undefined;
+/** Deployments up, by scenario id ("dsat@1000"). */
+const running = new Map<string, Deployment>();
 
-async function stopCurrent(): Promise<void> {
-  const d = current;
-  current = undefined;
-  await d?.stop();
+async function stopAll(): Promise<void> {
+  const all = [...running.values()];
+  running.clear();
+  await Promise.all(all.map((d) => d.stop()));
 }
 
 for (const signal of ["SIGINT", "SIGTERM"] as const) {
   process.once(signal, () => {
     say(`\n${signal}: stopping what the bench started`);
-    void stopCurrent().finally(() => process.exit(130));
+    void stopAll().finally(() => process.exit(130));
   });
 }
 setTimeout(() => {
   say(`the bench ran over ${RUN_TIMEOUT_MS / 60_000} minutes; stopping`);
-  void stopCurrent().finally(() => process.exit(1));
+  void stopAll().finally(() => process.exit(1));
 }, RUN_TIMEOUT_MS).unref();
 
 /** Node flags that make a process write a CPU profile to bench/results/NAME.cpuprofile when it exits. */
@@ -137,17 +149,24 @@ async function waitForQuiet(): Promise<void> {
   }
 }
 
-async function scenario(system: ScenarioResult["system"], inFlight: number): Promise<ScenarioResult> {
-  await waitForQuiet();
-  const t0 = performance.now();
-  current = await start(system);
-  const startupMs = performance.now() - t0;
-  try {
-    const m = await measure(current, plan(inFlight));
-    return { id: `${system}@${inFlight}`, system, inFlight, startupMs, ...m };
-  } finally {
-    await stopCurrent();
+/**
+ * Measures a scenario once: starts its deployment the first time (and keeps it up for the
+ * next rounds), then one warm-up and one window.
+ */
+async function measureOnce(system: ScenarioResult["system"], inFlight: number, round: number): Promise<{ measured: Measured; startupMs?: number }> {
+  const id = `${system}@${inFlight}`;
+  let dep = running.get(id);
+  let startupMs: number | undefined;
+  if (!dep) {
+    await waitForQuiet();
+    const t0 = performance.now();
+    dep = await start(system);
+    startupMs = performance.now() - t0;
+    running.set(id, dep);
   }
+  await waitForQuiet();
+  const p = plan(inFlight);
+  return { measured: await measure(dep, round === 0 ? p : { ...p, ...LATER_WARMUP }), startupMs };
 }
 
 function machine(): BenchReport["machine"] {
@@ -183,6 +202,8 @@ const report: BenchReport = {
   seconds: 0,
   machine: machine(),
   plans: { "1000 in flight": plan(1000), "100 in flight": plan(100) },
+  rounds: ROUNDS,
+  laterWarmup: LATER_WARMUP,
   scenarios: [],
   failures: [],
   targets: [],
@@ -207,25 +228,40 @@ try {
     ["moleculer", 100],
     ["dsat", 100],
   ];
-  for (const [system, inFlight] of order) {
-    if (!only.has(system)) continue;
-    say(`running ${system} at ${inFlight} in flight…`);
-    let r: ScenarioResult;
-    try {
-      r = await scenario(system, inFlight);
-    } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      report.failures.push({ id: `${system}@${inFlight}`, error: message });
-      say(`  failed: ${message}`);
-      continue;
+  const parts = new Map<string, { system: ScenarioResult["system"]; inFlight: number; startupMs: number; measured: Measured[] }>();
+  const broken = new Set<string>();
+  for (let round = 0; round < ROUNDS; round++) {
+    if (ROUNDS > 1) say(`round ${round + 1} of ${ROUNDS}`);
+    for (const [system, inFlight] of order) {
+      const id = `${system}@${inFlight}`;
+      if (!only.has(system) || broken.has(id)) continue;
+      say(`  ${system} at ${inFlight} in flight…`);
+      try {
+        const { measured, startupMs } = await measureOnce(system, inFlight, round);
+        const entry = parts.get(id) ?? { system, inFlight, startupMs: startupMs ?? 0, measured: [] };
+        entry.measured.push(measured);
+        parts.set(id, entry);
+        say(
+          `    ${Math.round(measured.tasksPerSec)} tasks/s, p50 ${measured.p50Ms.toFixed(1)} ms, p99 ${measured.p99Ms.toFixed(1)} ms, ` +
+            `${measured.cpuMsPerTask.toFixed(3)} CPU ms/task` +
+            `${startupMs === undefined ? "" : ` (started in ${Math.round(startupMs)} ms)`}` +
+            `${measured.otherCores >= 0.3 ? `; other jobs kept up to ${measured.otherCores.toFixed(1)} cores busy` : ""}`,
+        );
+        if (measured.errors > 0) say(`    ${measured.errors} tasks failed; the first: ${measured.firstError}`);
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        report.failures.push({ id, error: message });
+        say(`    failed: ${message}`);
+        broken.add(id);
+        parts.delete(id);
+        await running.get(id)?.stop();
+        running.delete(id);
+      }
     }
-    report.scenarios.push(r);
-    say(
-      `  ${Math.round(r.tasksPerSec)} tasks/s, p50 ${r.p50Ms.toFixed(1)} ms, p99 ${r.p99Ms.toFixed(1)} ms, ` +
-        `${r.cpuMsPerTask.toFixed(3)} CPU ms/task (${r.windows.length} window(s), started in ${Math.round(r.startupMs)} ms` +
-        `${r.otherCores >= 0.3 ? `; other jobs kept up to ${r.otherCores.toFixed(1)} cores busy` : ""})`,
-    );
-    if (r.errors > 0) say(`  ${r.errors} tasks failed; the first: ${r.firstError}`);
+  }
+  await stopAll();
+  for (const [id, e] of parts) {
+    report.scenarios.push({ id, system: e.system, inFlight: e.inFlight, startupMs: e.startupMs, ...mergeMeasured(e.measured) });
   }
 
   if (only.has("memory")) {
@@ -245,13 +281,14 @@ try {
     mkdirSync(RESULTS, { recursive: true });
     const files = { router: join(RESULTS, "router.cpuprofile"), status: join(RESULTS, "status.cpuprofile") };
     for (const f of Object.values(files)) rmSync(f, { force: true });
-    current = await start("dsat", true);
+    const dep = await start("dsat", true);
+    running.set("profile", dep);
     let measured: Awaited<ReturnType<typeof measure>>;
     try {
-      measured = await measure(current, { ...plan(1000), windows: 1 });
+      measured = await measure(dep, plan(1000));
     } finally {
       // SIGINT: the router closes and exits, and Node writes the profile on the way out.
-      await stopCurrent();
+      await stopAll();
     }
     report.profile = { measured, files: [] };
     for (const [name, file] of Object.entries(files) as ["router" | "status", string][]) {
@@ -265,7 +302,7 @@ try {
     }
   }
 } finally {
-  await stopCurrent();
+  await stopAll();
 }
 
 report.seconds = (performance.now() - started) / 1000;

@@ -196,6 +196,24 @@ export function measure(dep: Deployment, plan: LoadPlan): Promise<Measured> {
   });
 }
 
+/**
+ * One result from the measurements of a scenario made at different times (the rounds of a
+ * run): every window, medians over them, peaks over all.
+ */
+export function mergeMeasured(parts: readonly Measured[]): Measured {
+  const peakRssBy: Record<string, number> = {};
+  for (const p of parts) for (const [name, v] of Object.entries(p.peakRssBy)) peakRssBy[name] = Math.max(peakRssBy[name] ?? 0, v);
+  const m = summarize(
+    parts.flatMap((p) => p.windows),
+    peakRssBy,
+    parts.reduce((n, p) => n + p.errors, 0),
+    parts.find((p) => p.firstError !== "")?.firstError ?? "",
+  );
+  const db = parts.at(-1)?.etcdDbBytes;
+  if (db !== undefined) m.etcdDbBytes = db;
+  return m;
+}
+
 function summarize(windows: WindowMeasure[], peakRssBy: Record<string, number>, errors: number, firstError: string): Measured {
   const med = (f: (w: WindowMeasure) => number) => median(windows.map(f));
   const names = Object.keys(windows[0]?.cpuMsPerTaskBy ?? {});

@@ -2,7 +2,7 @@
 // terminal, Markdown for the file and docs/benchmarks.md).
 import { type ProfileSummary, profileMarkdown } from "../profile-summary.ts";
 import type { LoadPlan } from "./load.ts";
-import type { Measured } from "./measure.ts";
+import type { Measured, WindowMeasure } from "./measure.ts";
 import type { MemoryResult } from "./memory-mode.ts";
 
 /** One scenario: a system at a number of tasks in flight. */
@@ -34,6 +34,10 @@ export interface BenchReport {
   seconds: number;
   machine: { commit: string; cores: number; cpu: string; memoryGiB: number; node: string; etcd: string; kernel: string };
   plans: Record<string, LoadPlan>;
+  /** Rounds: each scenario is measured once per round, every round going over all of them. */
+  rounds: number;
+  /** The warm-up of a deployment's later rounds. */
+  laterWarmup: { warmupTasks: number; warmupMs: number };
   scenarios: ScenarioResult[];
   /** Scenarios that could not run, and why. */
   failures: { id: string; error: string }[];
@@ -84,33 +88,45 @@ export function evaluateTargets(r: BenchReport): TargetRow[] {
   const mol = find(r, "moleculer", 1000);
   const d100 = find(r, "dsat", 100);
   const raw100 = find(r, "raw", 100);
-  const atLeast = (what: string, value: number | undefined, target: number, unit: string): TargetRow => {
+  /** The ratio of a to b in each round (window i of a scenario is its round i), as shown after the run's value. */
+  const rounds = (a: ScenarioResult | undefined, b: ScenarioResult | undefined, f: (w: WindowMeasure) => number): string => {
+    if (!a || !b || r.rounds < 2) return "";
+    const n = Math.min(a.windows.length, b.windows.length);
+    const each: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const wa = a.windows[i];
+      const wb = b.windows[i];
+      if (wa && wb) each.push(times(ratio(f(wa), f(wb))));
+    }
+    return each.length > 1 ? ` (rounds: ${each.join(", ")})` : "";
+  };
+  const atLeast = (what: string, value: number | undefined, target: number, unit: string, perRound = ""): TargetRow => {
     if (value === undefined) return { what, target: `≥ ${target}${unit}`, value: "-", met: undefined, note: "not measured in this run" };
     const met = value >= target;
     return {
       what,
       target: `≥ ${target}${unit}`,
-      value: `${times(value)}`,
+      value: `${times(value)}${perRound}`,
       met,
       note: met ? `by ${times(value / target)}` : `${times(target / value)} short of it`,
     };
   };
-  const atMost = (what: string, value: number | undefined, target: number, unit: string): TargetRow => {
+  const atMost = (what: string, value: number | undefined, target: number, unit: string, perRound = ""): TargetRow => {
     if (value === undefined) return { what, target: `≤ ${target}${unit}`, value: "-", met: undefined, note: "not measured in this run" };
     const met = value <= target;
     return {
       what,
       target: `≤ ${target}${unit}`,
-      value: `${times(value)}`,
+      value: `${times(value)}${perRound}`,
       met,
       note: met ? `${times(target / value)} to spare` : `${times(value / target)} over the target`,
     };
   };
   const rows = [
-    atLeast("tasks/s at 1000 in flight, dsat / Moleculer", ratio(d?.tasksPerSec, mol?.tasksPerSec), 1.5, "×"),
-    atLeast("tasks/s at 1000 in flight, dsat / raw", ratio(d?.tasksPerSec, raw?.tasksPerSec), 1, "×"),
-    atMost("CPU per task at 1000 in flight, dsat / Moleculer", ratio(d?.cpuMsPerTask, mol?.cpuMsPerTask), 0.5, "×"),
-    atMost("p99 latency at 100 in flight, dsat / raw", ratio(d100?.p99Ms, raw100?.p99Ms), 2, "×"),
+    atLeast("tasks/s at 1000 in flight, dsat / Moleculer", ratio(d?.tasksPerSec, mol?.tasksPerSec), 1.5, "×", rounds(d, mol, (w) => w.tasksPerSec)),
+    atLeast("tasks/s at 1000 in flight, dsat / raw", ratio(d?.tasksPerSec, raw?.tasksPerSec), 1, "×", rounds(d, raw, (w) => w.tasksPerSec)),
+    atMost("CPU per task at 1000 in flight, dsat / Moleculer", ratio(d?.cpuMsPerTask, mol?.cpuMsPerTask), 0.5, "×", rounds(d, mol, (w) => w.cpuMsPerTask)),
+    atMost("p99 latency at 100 in flight, dsat / raw", ratio(d100?.p99Ms, raw100?.p99Ms), 2, "×", rounds(d100, raw100, (w) => w.p99Ms)),
   ];
   const router = r.memory?.peakRssBy.router;
   rows.push(
@@ -131,6 +147,7 @@ export function evaluateTargets(r: BenchReport): TargetRow[] {
       traced && d ? traced.tasksPerSec / d.tasksPerSec : undefined,
       0.7,
       "× (costs at most 30%)",
+      rounds(traced, d, (w) => w.tasksPerSec),
     ),
   );
   return rows;
@@ -306,6 +323,20 @@ export function renderText(r: BenchReport): string {
   return parts.join("\n");
 }
 
+/** How the run was planned, in a sentence or two. */
+function planText(r: BenchReport): string {
+  const each = Object.entries(r.plans)
+    .map(([k, p]) => `${k}: warm-up ${num(p.warmupTasks)} tasks or ${p.warmupMs / 1000} s, then ${p.windows} window(s) of ${num(p.windowTasks)} tasks or ${p.windowMs / 1000} s, ${p.payloadBytes}-byte payloads`)
+    .join("; ");
+  const rounds = r.rounds ?? 1;
+  if (rounds < 2) return `Plans: ${each}.`;
+  return (
+    `Plans: ${rounds} rounds; in each, every scenario in turn on its own deployment, which stays up from round to round. ${each}; ` +
+    `later rounds warm up for ${num(r.laterWarmup.warmupTasks)} tasks or ${r.laterWarmup.warmupMs / 1000} s. ` +
+    "Medians are over the rounds' windows; a target's ratio per round follows its value."
+  );
+}
+
 /** The report as Markdown (bench/results/latest.md, and the table of docs/benchmarks.md). */
 export function renderMarkdown(r: BenchReport): string {
   const lines = [
@@ -313,9 +344,7 @@ export function renderMarkdown(r: BenchReport): string {
     "",
     `${r.date} · dsat ${r.machine.commit} · ${r.machine.cores} cores (${r.machine.cpu}), ${num(r.machine.memoryGiB)} GiB · Node ${r.machine.node} · etcd ${r.machine.etcd} · Linux ${r.machine.kernel} · the run took ${num(r.seconds)} s`,
     "",
-    `Plans: ${Object.entries(r.plans)
-      .map(([k, p]) => `${k}: warm-up ${num(p.warmupTasks)} tasks or ${p.warmupMs / 1000} s, then ${p.windows} window(s) of ${num(p.windowTasks)} tasks or ${p.windowMs / 1000} s, ${p.payloadBytes}-byte payloads`)
-      .join("; ")}.`,
+    planText(r),
   ];
   for (const t of tables(r)) lines.push("", `## ${t.title}`, "", mdTable(t.head, t.rows));
   if (r.profile) {
