@@ -15,9 +15,10 @@ await runService("router", async (flags) => {
       ? { statusLingerMs: Number(flags.rest["status-linger-ms"]) }
       : {}),
     ...(typeof flags.rest["status-lanes"] === "string" ? { statusLanes: Number(flags.rest["status-lanes"]) } : {}),
+    ...(typeof flags.rest["status-give-up-ms"] === "string" ? { statusGiveUpMs: Number(flags.rest["status-give-up-ms"]) } : {}),
     ...(flags.id ? { id: flags.id } : {}),
     ...(flags.maxTasks ? { maxTasks: flags.maxTasks } : {}),
     ...(flags.metrics ? { metrics: flags.metrics } : {}),
   });
   return { id: router.id, address: router.address, close: () => router.close(), drain: () => router.drain() };
-}, ["stage-wait-ms", "status-linger-ms", "status-lanes"]);
+}, ["stage-wait-ms", "status-linger-ms", "status-lanes", "status-give-up-ms"]);

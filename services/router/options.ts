@@ -49,6 +49,12 @@ export interface RouterOptions {
   statusLingerMs: number;
   /** Reports in flight to StatusService at once (tasks spread over lanes by id). Default 1. */
   statusLanes: number;
+  /**
+   * How long StatusService may fail to store a Report before the tasks it would create are
+   * refused (their Submit fails UNAVAILABLE), in milliseconds. The steps of tasks already
+   * accepted are never given up: they are sent again until stored. Default 60000.
+   */
+  statusGiveUpMs: number;
   logger: Logger;
   /** Where the router's metrics go (a process serves them, see services/common/metrics.ts). Default none: no metrics. */
   metrics?: MetricsRegistry;
@@ -70,6 +76,7 @@ export const DEFAULT_ROUTER_OPTIONS = Object.freeze({
   stageWaitMs: 0,
   statusLingerMs: 250,
   statusLanes: 1,
+  statusGiveUpMs: 60_000,
 });
 
 /** Refuses options a router cannot run with, naming the option and the range it takes. */
@@ -84,4 +91,5 @@ export function checkRouterOptions(opts: RouterOptions): void {
   check("stageWaitMs", opts.stageWaitMs, 0, Number.MAX_SAFE_INTEGER);
   check("statusLingerMs", opts.statusLingerMs, 0, 60_000);
   check("statusLanes", opts.statusLanes, 1, 64);
+  check("statusGiveUpMs", opts.statusGiveUpMs, 100, 24 * 3_600_000);
 }

@@ -197,6 +197,7 @@ export class RouterServer {
         onNotOwner: (taskId: string, reason: string) => this.#drop(taskId, reason),
         lingerMs: init.opts.statusLingerMs,
         lanes: init.opts.statusLanes,
+        giveUpAfterMs: init.opts.statusGiveUpMs,
       },
     );
     const member = create(MemberSchema, {

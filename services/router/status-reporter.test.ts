@@ -263,6 +263,29 @@ test("a long status outage: new tasks are refused after giveUpAfterMs, accepted 
   t.deepEqual(ids(peer.reports.at(-1) as ReportRequest), ["accepted::SUCCEEDED"]);
 });
 
+test("a new task queued behind accepted steps during a long outage is refused too, not left waiting for them", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { giveUpAfterMs: 200 });
+  t.teardown(() => r.close());
+  peer.refuseWith = Code.Unavailable;
+  // The Report in flight holds only an accepted task's end: it is sent again and again…
+  const end = r.sendDurable(step("accepted", "", State.RUNNING, State.SUCCEEDED));
+  await waitFor(() => peer.reports.length >= 2, { timeoutMs: 5_000, what: "the end sent again" });
+  // …and a task submitted meanwhile waits behind it: it is refused once the outage is long.
+  const started = Date.now();
+  const err = await r.create(create(TaskSchema, { id: "new", pipeline: "p" }), []).then(
+    () => undefined,
+    (e: unknown) => e as { code?: Code },
+  );
+  t.is(err?.code, Code.Unavailable);
+  t.true(Date.now() - started < 5_000, "refused within the backoff, not after the outage");
+  t.false(peer.reports.some((rep) => rep.created.some((c) => c.id === "new")), "never sent");
+  peer.refuseWith = undefined;
+  await end;
+  t.deepEqual(ids(peer.reports.at(-1) as ReportRequest), ["accepted::SUCCEEDED"]);
+});
+
 test("close tells whoever still waits, instead of leaving them hanging", async (t) => {
   const peer = await startPeer();
   t.teardown(() => peer.server.close());

@@ -311,7 +311,11 @@ class Lane {
           const waited = Date.now() - started;
           if (waited > this.#opts.giveUpAfterMs) {
             // New tasks are refused now; what was accepted stays, and is sent again.
-            if (this.#refuseCreates(batch, e) && batch.length === 0) break;
+            const refusal = dsatError(
+              Code.Unavailable,
+              `StatusService has stored nothing of this router's for ${(waited / 1000).toFixed(1)} s (the router's --status-give-up-ms is ${this.#opts.giveUpAfterMs}): the task was not accepted; submit it again once a status server and etcd are back (${e.rawMessage})`,
+            );
+            if (this.#refuseCreates(batch, refusal) && batch.length === 0) break;
             if (waited - this.#lastOutageLog > 30_000) {
               this.#lastOutageLog = waited;
               this.#logger.error("no status server has stored this lane's items for a while; still sending them", {
@@ -338,21 +342,30 @@ class Lane {
   }
 
   /**
-   * Takes the tasks created in this batch (and their first transitions) out of the batch
-   * and the queue, failing whoever waits for them with `err`; true when there were some.
+   * Takes the tasks to be created out of the lane's queue (the batch in flight, and what
+   * was queued behind it since: a batch of accepted steps is sent again and again during an
+   * outage, and a new task behind it must not wait for that), with their first transitions,
+   * failing whoever waits for them with `err`. `batch`, a prefix of the queue, keeps what
+   * is left of it. True when some were taken.
    */
   #refuseCreates(batch: Item[], err: unknown): boolean {
     const refused = new Set<string>();
-    for (const it of batch) if (it.task) refused.add(it.task.id);
+    for (const it of this.#queue) if (it.task) refused.add(it.task.id);
     if (refused.size === 0) return false;
-    const kept: Item[] = [];
-    for (const it of batch) {
+    const inBatch = new Set(batch);
+    const keptQueue: Item[] = [];
+    const keptBatch: Item[] = [];
+    for (const it of this.#queue) {
       const id = it.task?.id ?? it.transition?.taskId ?? it.taskId;
-      if (id !== undefined && refused.has(id)) it.done?.reject(err);
-      else kept.push(it);
+      if (id !== undefined && refused.has(id)) {
+        it.done?.reject(err);
+        continue;
+      }
+      keptQueue.push(it);
+      if (inBatch.has(it)) keptBatch.push(it);
     }
-    this.#queue.splice(0, batch.length, ...kept);
-    batch.splice(0, batch.length, ...kept);
+    this.#queue.splice(0, this.#queue.length, ...keptQueue);
+    batch.splice(0, batch.length, ...keptBatch);
     return true;
   }
 
