@@ -5,7 +5,6 @@ import { durationMs, timestampDate, timestampFromMs, timestampNow } from "@bufbu
 import {
   activeTracer,
   type Assignment,
-  AssignmentSchema,
   CancelSchema,
   Code,
   clientTo,
@@ -61,6 +60,7 @@ import {
 } from "@dsat/sdk";
 import type * as grpc from "@grpc/grpc-js";
 import type { Etcd3 } from "etcd3";
+import { encodeTaskBase, rememberTaskBase } from "./assignment-encoding.ts";
 import { submitStreamHandler } from "./handlers.ts";
 import { checkRouterOptions, DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
 import { PipelineCache } from "./pipeline-cache.ts";
@@ -104,6 +104,7 @@ function newRun(task: Task, pipeline: Pipeline, state: State): TaskRun {
 
 /** How long close waits for what is queued for StatusService to be stored. */
 const CLOSE_FLUSH_MS = 10_000;
+const EMPTY_BYTES = new Uint8Array(0);
 
 export class RouterServer {
   readonly id: string;
@@ -724,16 +725,24 @@ export class RouterServer {
     to: State,
     extra: { error?: TaskError; output?: Uint8Array; workerId?: string } = {},
   ): Transition {
-    return create(TransitionSchema, {
+    // A plain message object with every field, as create() makes it, at a fraction of its cost.
+    const ms = Date.now();
+    return {
+      $typeName: "dsat.v1.Transition",
       taskId: run.task.id,
       stage: sr?.name ?? "",
       attempt: sr?.attempt ?? 0,
       from,
       to,
-      time: timestampNow(),
+      time: { $typeName: "google.protobuf.Timestamp", seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 },
       memberId: this.id,
-      ...extra,
-    });
+      error: extra.error,
+      output: extra.output ?? EMPTY_BYTES,
+      port: "",
+      seq: 0n,
+      detail: "",
+      workerId: extra.workerId ?? "",
+    };
   }
 
   #stageDef(run: TaskRun, name: string): Stage | undefined {
@@ -790,12 +799,17 @@ export class RouterServer {
     this.#reporter.send(this.#transition(run, sr, from, State.DISPATCHED, { workerId: link.member.id }));
     const def = this.#stageDef(run, sr.name);
     const timeoutMs = def?.timeout ? durationMs(def.timeout) : this.#opts.defaultStageTimeoutMs;
-    const a: Assignment = create(AssignmentSchema, {
+    // Plain message objects rather than create(): the task is a message already, and its
+    // copy differs in its payload only (create() would copy it field by field).
+    const a: Assignment = {
+      $typeName: "dsat.v1.Assignment",
       task: { ...run.task, payload: sr.input },
       stage: sr.name,
       attempt: sr.attempt,
-      timeout: { seconds: BigInt(Math.floor(timeoutMs / 1000)), nanos: (timeoutMs % 1000) * 1e6 },
-    });
+      timeout: { $typeName: "google.protobuf.Duration", seconds: BigInt(Math.floor(timeoutMs / 1000)), nanos: (timeoutMs % 1000) * 1e6 },
+    };
+    run.taskBase ??= encodeTaskBase(run.task);
+    rememberTaskBase(a, run.taskBase);
     this.counters.dispatched++;
     this.#telemetry?.inject(a);
     link.assign(a);

@@ -34,4 +34,6 @@ export interface TaskRun {
   /** Join stages (several parents) waiting for their parents. */
   readonly joins: Set<string>;
   deadlineTimer: NodeJS.Timeout | undefined;
+  /** The task's bytes without payload and headers, shared by its assignments (assignment-encoding.ts); made at the first dispatch. */
+  taskBase?: Uint8Array;
 }

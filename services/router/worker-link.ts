@@ -16,6 +16,7 @@ import {
   toDsatError,
   WorkerService,
 } from "@dsat/sdk";
+import { processRequestWith } from "./assignment-encoding.ts";
 
 /** What a link tells its router. */
 export interface WorkerLinkEvents {
@@ -115,7 +116,8 @@ export class WorkerLink {
     const batches = splitBySize(this.#assignments, (a) => (a.task?.payload.length ?? 0) + 512);
     batches.forEach((assignments, i) => {
       const cancels = i === batches.length - 1 ? this.#cancels : [];
-      this.#requests.push(create(ProcessRequestSchema, { assignments, cancels }));
+      // The assignments go in already encoded (assignment-encoding.ts).
+      this.#requests.push(processRequestWith(create(ProcessRequestSchema, { cancels }), assignments));
     });
     if (batches.length === 0) this.#requests.push(create(ProcessRequestSchema, { cancels: this.#cancels }));
     this.#assignments = [];
