@@ -50,6 +50,7 @@ export type { RegistrationOptions } from "./membership.ts";
 export { advertisedAddress, startGrpcServer } from "./server/serve.ts";
 export type { GrpcServerOptions, RunningGrpcServer } from "./server/serve.ts";
 export { addService, serviceDefinition } from "./server/add-service.ts";
+export type { RequestDecoders } from "./server/add-service.ts";
 export type { ServiceHandlers } from "./server/add-service.ts";
 export { HealthService, ServingStatus } from "./server/health.ts";
 export { ReflectionService } from "./server/reflection.ts";

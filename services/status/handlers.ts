@@ -27,6 +27,7 @@ import {
 } from "@dsat/sdk";
 import * as grpc from "@grpc/grpc-js";
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, SortOrder, SortTarget, type Watcher } from "etcd3";
+import { decodeReportRequest } from "./report-decoding.ts";
 import type { TaskStore } from "./task-store.ts";
 import { Topology } from "./topology.ts";
 
@@ -79,7 +80,8 @@ export class StatusHandlers {
       topology: () => this.#topology.read(),
       watchTopology: (req, call) => this.#topology.watch(req, call),
     };
-    addService(server, StatusService, handlers);
+    // Reports, the hot path, are decoded by hand (report-decoding.ts).
+    addService(server, StatusService, handlers, { report: decodeReportRequest });
   }
 
   /**

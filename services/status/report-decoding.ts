@@ -1,0 +1,305 @@
+import { fromBinary } from "@bufbuild/protobuf";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { type ReportRequest, ReportRequestSchema, type Task, type TaskError, type Transition } from "@dsat/sdk";
+
+// A hand-written decoder of dsat.v1.ReportRequest, the request StatusService gets most (a
+// Report carries the creates and transitions of up to hundreds of tasks): protobuf-es's
+// generic reader was the largest single cost of the status server (7% of its time, with the
+// create() of every message). It makes the same messages as fromBinary (plain objects with
+// every field; `report-decoding.test.ts` checks them with equals() and by encoding them
+// again). Anything it does not know (an unknown field from a newer peer, a field of an
+// unexpected wire type) sends the whole request to fromBinary, so that nothing is lost.
+
+/** Thrown inside the decoder to hand the request to fromBinary (so does any error). */
+const FALLBACK = Symbol("fallback");
+const EMPTY = new Uint8Array(0);
+
+/** Decodes a ReportRequest: by hand, or with fromBinary when it carries what the hand decoder does not know. */
+export function decodeReportRequest(bytes: Uint8Array): ReportRequest {
+  try {
+    return readReport(new Reader(bytes));
+  } catch {
+    // FALLBACK, or bytes that are not a valid message: fromBinary decides (and says what is wrong).
+    return fromBinary(ReportRequestSchema, bytes);
+  }
+}
+
+class Reader {
+  readonly buf: Buffer;
+  pos = 0;
+
+  constructor(bytes: Uint8Array) {
+    // grpc-js hands a Buffer; a Uint8Array (tests) is viewed as one, without a copy.
+    this.buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  /** A varint of up to 32 bits (tags, lengths, uint32, enums); longer ones (negative enums) fall back. */
+  uint32(): number {
+    const buf = this.buf;
+    let result = 0;
+    for (let shift = 0; shift < 35; shift += 7) {
+      if (this.pos >= buf.length) throw new Error("premature end of a varint");
+      const b = buf[this.pos++] as number;
+      result += (b & 0x7f) * 2 ** shift;
+      if (b < 0x80) {
+        if (result > 0xffffffff) throw FALLBACK;
+        return result;
+      }
+    }
+    throw FALLBACK;
+  }
+
+  /** A varint of up to 64 bits, unsigned. */
+  uint64(): bigint {
+    const buf = this.buf;
+    // Up to 49 bits (7 bytes) exactly in a number; seconds since 1970 and sequence numbers fit.
+    let n = 0;
+    for (let shift = 0; shift < 49; shift += 7) {
+      if (this.pos >= buf.length) throw new Error("premature end of a varint");
+      const b = buf[this.pos++] as number;
+      n += (b & 0x7f) * 2 ** shift;
+      if (b < 0x80) return BigInt(n);
+    }
+    let result = BigInt(n);
+    for (let shift = 49n; shift < 70n; shift += 7n) {
+      if (this.pos >= buf.length) throw new Error("premature end of a varint");
+      const b = buf[this.pos++] as number;
+      result |= BigInt(b & 0x7f) << shift;
+      if (b < 0x80) return BigInt.asUintN(64, result);
+    }
+    throw new Error("a varint longer than 10 bytes");
+  }
+
+  /** The end of a length-delimited field that starts here. */
+  end(): number {
+    const len = this.uint32();
+    const end = this.pos + len;
+    if (end > this.buf.length) throw new Error("a length-delimited field past the end");
+    return end;
+  }
+
+  bytes(): Uint8Array {
+    const end = this.end();
+    const b = this.buf.subarray(this.pos, end);
+    this.pos = end;
+    return b;
+  }
+
+  string(): string {
+    const end = this.end();
+    const buf = this.buf;
+    const start = this.pos;
+    this.pos = end;
+    if (end - start <= 4) {
+      // Tiny ASCII strings (stage names, ports) without a call into native code.
+      let s = "";
+      for (let p = start; p < end; p++) {
+        const c = buf[p] as number;
+        if (c >= 0x80) return buf.toString("utf8", start, end);
+        s += String.fromCharCode(c);
+      }
+      return s;
+    }
+    return buf.toString("utf8", start, end);
+  }
+}
+
+/** Reads a tag; a known field of the wrong wire type falls back. */
+function expect(wire: number, wanted: number): void {
+  if (wire !== wanted) throw FALLBACK;
+}
+
+function readReport(r: Reader): ReportRequest {
+  const req: ReportRequest = { $typeName: "dsat.v1.ReportRequest", created: [], routerId: "", transitions: [] };
+  const len = r.buf.length;
+  while (r.pos < len) {
+    const tag = r.uint32();
+    const wire = tag & 7;
+    switch (tag >>> 3) {
+      case 1:
+        expect(wire, 2);
+        req.created.push(readTask(r, r.end()));
+        break;
+      case 2:
+        expect(wire, 2);
+        req.routerId = r.string();
+        break;
+      case 3:
+        expect(wire, 2);
+        req.transitions.push(readTransition(r, r.end()));
+        break;
+      default:
+        throw FALLBACK;
+    }
+  }
+  return req;
+}
+
+function readTask(r: Reader, end: number): Task {
+  const t: Task = { $typeName: "dsat.v1.Task", id: "", pipeline: "", pipelineVersion: 0n, payload: EMPTY, headers: {} };
+  while (r.pos < end) {
+    const tag = r.uint32();
+    const wire = tag & 7;
+    switch (tag >>> 3) {
+      case 1:
+        expect(wire, 2);
+        t.id = r.string();
+        break;
+      case 2:
+        expect(wire, 2);
+        t.pipeline = r.string();
+        break;
+      case 3:
+        expect(wire, 0);
+        t.pipelineVersion = r.uint64();
+        break;
+      case 4:
+        expect(wire, 2);
+        t.payload = r.bytes();
+        break;
+      case 5: {
+        expect(wire, 2);
+        const entryEnd = r.end();
+        let key = "";
+        let value = "";
+        while (r.pos < entryEnd) {
+          const et = r.uint32();
+          if ((et & 7) !== 2) throw FALLBACK;
+          if (et >>> 3 === 1) key = r.string();
+          else if (et >>> 3 === 2) value = r.string();
+          else throw FALLBACK;
+        }
+        t.headers[key] = value;
+        break;
+      }
+      case 6:
+        expect(wire, 2);
+        t.deadline = readTimestamp(r, r.end());
+        break;
+      case 7:
+        expect(wire, 2);
+        t.createdAt = readTimestamp(r, r.end());
+        break;
+      default:
+        throw FALLBACK;
+    }
+  }
+  if (r.pos !== end) throw new Error("a task runs past its length");
+  return t;
+}
+
+function readTransition(r: Reader, end: number): Transition {
+  const t: Transition = {
+    $typeName: "dsat.v1.Transition",
+    taskId: "",
+    stage: "",
+    attempt: 0,
+    from: 0,
+    to: 0,
+    memberId: "",
+    output: EMPTY,
+    port: "",
+    seq: 0n,
+    detail: "",
+    workerId: "",
+  };
+  while (r.pos < end) {
+    const tag = r.uint32();
+    const wire = tag & 7;
+    switch (tag >>> 3) {
+      case 1:
+        expect(wire, 2);
+        t.taskId = r.string();
+        break;
+      case 2:
+        expect(wire, 2);
+        t.stage = r.string();
+        break;
+      case 3:
+        expect(wire, 0);
+        t.attempt = r.uint32();
+        break;
+      case 4:
+        expect(wire, 0);
+        t.from = r.uint32();
+        break;
+      case 5:
+        expect(wire, 0);
+        t.to = r.uint32();
+        break;
+      case 6:
+        expect(wire, 2);
+        t.time = readTimestamp(r, r.end());
+        break;
+      case 7:
+        expect(wire, 2);
+        t.memberId = r.string();
+        break;
+      case 8:
+        expect(wire, 2);
+        t.error = readError(r, r.end());
+        break;
+      case 9:
+        expect(wire, 2);
+        t.output = r.bytes();
+        break;
+      case 10:
+        expect(wire, 2);
+        t.port = r.string();
+        break;
+      case 11:
+        expect(wire, 0);
+        t.seq = r.uint64();
+        break;
+      case 12:
+        expect(wire, 2);
+        t.detail = r.string();
+        break;
+      case 13:
+        expect(wire, 2);
+        t.workerId = r.string();
+        break;
+      default:
+        throw FALLBACK;
+    }
+  }
+  if (r.pos !== end) throw new Error("a transition runs past its length");
+  return t;
+}
+
+function readTimestamp(r: Reader, end: number): Timestamp {
+  const ts: Timestamp = { $typeName: "google.protobuf.Timestamp", seconds: 0n, nanos: 0 };
+  while (r.pos < end) {
+    const tag = r.uint32();
+    expect(tag & 7, 0);
+    if (tag >>> 3 === 1) ts.seconds = BigInt.asIntN(64, r.uint64());
+    else if (tag >>> 3 === 2) ts.nanos = r.uint32() | 0;
+    else throw FALLBACK;
+  }
+  return ts;
+}
+
+function readError(r: Reader, end: number): TaskError {
+  const e: TaskError = { $typeName: "dsat.v1.TaskError", code: "", message: "", retryable: false };
+  while (r.pos < end) {
+    const tag = r.uint32();
+    const wire = tag & 7;
+    switch (tag >>> 3) {
+      case 1:
+        expect(wire, 2);
+        e.code = r.string();
+        break;
+      case 2:
+        expect(wire, 2);
+        e.message = r.string();
+        break;
+      case 3:
+        expect(wire, 0);
+        e.retryable = r.uint64() !== 0n;
+        break;
+      default:
+        throw FALLBACK;
+    }
+  }
+  return e;
+}
