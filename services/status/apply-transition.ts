@@ -28,8 +28,10 @@ export interface Outcome {
   readonly notOwner?: boolean;
 }
 
-const ACCEPTED: Outcome = Object.freeze({ accepted: true, duplicate: false, reason: "" });
-const REPLAYED: Outcome = Object.freeze({ accepted: true, duplicate: true, reason: "" });
+// The two common outcomes are ReportOutcome messages already ($typeName): a Report's
+// response, hundreds of them, then goes out without a create() of each.
+const ACCEPTED: Outcome = Object.freeze({ $typeName: "dsat.v1.ReportOutcome", accepted: true, duplicate: false, reason: "" });
+const REPLAYED: Outcome = Object.freeze({ $typeName: "dsat.v1.ReportOutcome", accepted: true, duplicate: true, reason: "" });
 
 function refused(reason: string): Outcome {
   return { accepted: false, duplicate: false, reason };
