@@ -3,7 +3,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { State, TaskSchema, type TaskState, TaskStateSchema, TransitionSchema } from "@dsat/sdk";
 import test from "ava";
 import { applyCreate, applyTransition } from "./apply-transition.ts";
-import { encodeTaskState, workingCopy } from "./state-encoding.ts";
+import { encodeStateRest, encodeTaskState, workingCopy } from "./state-encoding.ts";
 
 const now = timestampFromMs(1_700_000_000_000);
 
@@ -56,4 +56,36 @@ test("a state read back from etcd (no pieces) or with another task is encoded wh
   other.history = [];
   const { value } = encodeTaskState(other, parts);
   t.true(equals(TaskStateSchema, fromBinary(TaskStateSchema, value), other));
+});
+
+test("the fields besides task and history: the same bytes as toBinary, for states of every shape", (t) => {
+  const samples: TaskState[] = [
+    create(TaskStateSchema, {}),
+    create(TaskStateSchema, {
+      state: State.FAILED,
+      stages: [
+        { name: "s1", state: State.SUCCEEDED, attempt: 1, workerId: "w-1", startedAt: timestampFromMs(1_700_000_000_001), endedAt: timestampFromMs(1_700_000_000_999) },
+        { name: "étape ✓", state: State.FAILED, attempt: 300, workerId: "", error: { code: "BOOM", message: "x".repeat(200), retryable: true }, startedAt: timestampFromMs(-5) },
+        { name: "s3" },
+      ],
+      output: new Uint8Array(20_000).fill(3),
+      error: { code: "BOOM", message: "ünïcødé" },
+      updatedAt: timestampFromMs(1_700_000_000_500),
+      seq: 2n ** 63n + 1n,
+      routerId: "router-host-1234-abcd",
+    }),
+  ];
+  const s = created();
+  step(s, "s1", State.UNSPECIFIED, State.PENDING);
+  step(s, "s1", State.PENDING, State.DISPATCHED);
+  step(s, "s1", State.DISPATCHED, State.RUNNING);
+  samples.push(s);
+  for (const [i, state] of samples.entries()) {
+    const ours = Buffer.from(encodeStateRest(state));
+    const theirs = Buffer.from(toBinary(TaskStateSchema, { ...state, task: undefined, history: [] }));
+    t.true(ours.equals(theirs), `sample ${i}`);
+  }
+  const odd = create(TaskStateSchema, { routerId: "r" });
+  odd.$unknown = [{ no: 99, wireType: 0, data: new Uint8Array([1]) }];
+  t.true(Buffer.from(encodeStateRest(odd)).equals(Buffer.from(toBinary(TaskStateSchema, odd))), "unknown fields kept (toBinary)");
 });

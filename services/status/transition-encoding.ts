@@ -93,14 +93,14 @@ export function lengthDelimited(fieldNo: number, body: Uint8Array): Buffer {
   return out;
 }
 
-function timestampSize(ts: Timestamp): number {
+export function timestampSize(ts: Timestamp): number {
   let n = 0;
   if (ts.seconds) n += 1 + bigVarintSize(BigInt.asUintN(64, ts.seconds));
   if (ts.nanos) n += 1 + int32Size(ts.nanos);
   return n;
 }
 
-function writeTimestamp(out: Buffer, p: number, ts: Timestamp): number {
+export function writeTimestamp(out: Buffer, p: number, ts: Timestamp): number {
   if (ts.seconds) {
     out[p++] = 0x08;
     p = writeBigVarint(out, p, BigInt.asUintN(64, ts.seconds));
@@ -112,7 +112,7 @@ function writeTimestamp(out: Buffer, p: number, ts: Timestamp): number {
   return p;
 }
 
-function errorSize(e: TaskError): number {
+export function errorSize(e: TaskError): number {
   const code = Buffer.byteLength(e.code);
   const message = Buffer.byteLength(e.message);
   let n = 0;
@@ -122,7 +122,7 @@ function errorSize(e: TaskError): number {
   return n;
 }
 
-function writeError(out: Buffer, p: number, e: TaskError): number {
+export function writeError(out: Buffer, p: number, e: TaskError): number {
   const code = Buffer.byteLength(e.code);
   const message = Buffer.byteLength(e.message);
   if (code) p = writeString(out, p, 0x0a, e.code, code);
@@ -134,14 +134,14 @@ function writeError(out: Buffer, p: number, e: TaskError): number {
   return p;
 }
 
-function writeString(out: Buffer, p: number, tag: number, s: string, bytes: number): number {
+export function writeString(out: Buffer, p: number, tag: number, s: string, bytes: number): number {
   out[p++] = tag;
   p = writeVarint(out, p, bytes);
   return p + out.write(s, p, bytes, "utf8");
 }
 
 /** Size of an unsigned varint of a number below 2^32. */
-function varintSize(n: number): number {
+export function varintSize(n: number): number {
   if (n < 0x80) return 1;
   if (n < 0x4000) return 2;
   if (n < 0x200000) return 3;
@@ -149,7 +149,7 @@ function varintSize(n: number): number {
   return 5;
 }
 
-function writeVarint(out: Buffer, p: number, n: number): number {
+export function writeVarint(out: Buffer, p: number, n: number): number {
   let v = n >>> 0;
   while (v >= 0x80) {
     out[p++] = (v & 0x7f) | 0x80;
@@ -160,15 +160,15 @@ function writeVarint(out: Buffer, p: number, n: number): number {
 }
 
 /** int32 is written as a 64-bit varint: a negative one takes 10 bytes. */
-function int32Size(n: number): number {
+export function int32Size(n: number): number {
   return n < 0 ? 10 : varintSize(n);
 }
 
-function writeInt32(out: Buffer, p: number, n: number): number {
+export function writeInt32(out: Buffer, p: number, n: number): number {
   return n < 0 ? writeBigVarint(out, p, BigInt.asUintN(64, BigInt(n))) : writeVarint(out, p, n);
 }
 
-function bigVarintSize(n: bigint): number {
+export function bigVarintSize(n: bigint): number {
   if (n < 0x100000000n) return varintSize(Number(n));
   let size = 1;
   let v = n;
@@ -179,7 +179,7 @@ function bigVarintSize(n: bigint): number {
   return size;
 }
 
-function writeBigVarint(out: Buffer, p: number, n: bigint): number {
+export function writeBigVarint(out: Buffer, p: number, n: bigint): number {
   if (n < 0x100000000n) return writeVarint(out, p, Number(n));
   let v = n;
   while (v >= 0x80n) {
