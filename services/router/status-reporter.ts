@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { WireType } from "@bufbuild/protobuf/wire";
 import {
   Code,
   clientTo,
@@ -12,6 +13,10 @@ import {
   toDsatError,
 } from "@dsat/sdk";
 import { laneOf } from "../common/lanes.ts";
+import { encodeTransitionField } from "../common/transition-encoding.ts";
+
+/** ReportRequest.transitions (proto/dsat/v1/status.proto): a one-byte tag. */
+const TRANSITIONS_FIELD = 3;
 
 interface Item {
   readonly task?: Task;
@@ -398,10 +403,15 @@ class Lane {
     }
     if (created.length === 0 && transitions.length === 0) return;
     this.reports++;
-    const res = await clientTo(StatusService, server.address).report(
-      create(ReportRequestSchema, { created, transitions, routerId: this.#routerId }),
-      { timeoutMs: 10_000 },
-    );
+    // The transitions go in already encoded by the hand-written encoder (field 3 entries
+    // in $unknown, which toBinary writes as they are): the same request for a decoder.
+    const req = create(ReportRequestSchema, { created, routerId: this.#routerId });
+    req.$unknown = transitions.map((t) => ({
+      no: TRANSITIONS_FIELD,
+      wireType: WireType.LengthDelimited,
+      data: encodeTransitionField(TRANSITIONS_FIELD, t).subarray(1),
+    }));
+    const res = await clientTo(StatusService, server.address).report(req, { timeoutMs: 10_000 });
     res.transitions.forEach((o, i) => {
       if (o.notOwner) {
         const t = transitions[i];

@@ -21,7 +21,7 @@ import {
   writeString,
   writeTimestamp,
   writeVarint,
-} from "./transition-encoding.ts";
+} from "../common/transition-encoding.ts";
 
 /**
  * A task state is put again and again as its transitions arrive; its task (with the
