@@ -16,7 +16,7 @@ import {
   type Transition,
   TransitionSchema,
 } from "@dsat/sdk";
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import { waitFor } from "../../test/helpers/wait.ts";
 import { StatusReporter, type StatusReporterOptions } from "./status-reporter.ts";
 
@@ -241,18 +241,27 @@ test("out of space (RESOURCE_EXHAUSTED): a new task is refused at once with the 
   t.deepEqual(ids(peer.reports.at(-1) as ReportRequest), ["old::RUNNING"]);
 });
 
-test("a long status outage: new tasks are refused after giveUpAfterMs, accepted tasks' steps are never given up", async (t) => {
+/** A reporter with a give-up time of 200 ms, against a peer that refuses everything (UNAVAILABLE) until told otherwise. */
+async function outage(t: ExecutionContext) {
   const peer = await startPeer();
   t.teardown(() => peer.server.close());
   const r = reporter(peer, { giveUpAfterMs: 200 });
   t.teardown(() => r.close());
   peer.refuseWith = Code.Unavailable;
-  const end = r.sendDurable(step("accepted", "", State.RUNNING, State.SUCCEEDED));
-  const created = r.create(create(TaskSchema, { id: "late", pipeline: "p" }), []);
-  const err = await created.then(
+  return { peer, r };
+}
+
+/** The error a promise is rejected with, or undefined if it resolves. */
+const refusal = (p: Promise<unknown>) =>
+  p.then(
     () => undefined,
     (e: unknown) => e as { code?: Code },
   );
+
+test("a long status outage: new tasks are refused after giveUpAfterMs, accepted tasks' steps are never given up", async (t) => {
+  const { peer, r } = await outage(t);
+  const end = r.sendDurable(step("accepted", "", State.RUNNING, State.SUCCEEDED));
+  const err = await refusal(r.create(create(TaskSchema, { id: "late", pipeline: "p" }), []));
   t.is(err?.code, Code.Unavailable, "the new task is refused once giveUpAfterMs has passed");
   // Well past giveUpAfterMs the accepted task's end is still being sent…
   const sent = peer.reports.length;
@@ -264,20 +273,13 @@ test("a long status outage: new tasks are refused after giveUpAfterMs, accepted 
 });
 
 test("a new task queued behind accepted steps during a long outage is refused too, not left waiting for them", async (t) => {
-  const peer = await startPeer();
-  t.teardown(() => peer.server.close());
-  const r = reporter(peer, { giveUpAfterMs: 200 });
-  t.teardown(() => r.close());
-  peer.refuseWith = Code.Unavailable;
+  const { peer, r } = await outage(t);
   // The Report in flight holds only an accepted task's end: it is sent again and again…
   const end = r.sendDurable(step("accepted", "", State.RUNNING, State.SUCCEEDED));
   await waitFor(() => peer.reports.length >= 2, { timeoutMs: 5_000, what: "the end sent again" });
   // …and a task submitted meanwhile waits behind it: it is refused once the outage is long.
   const started = Date.now();
-  const err = await r.create(create(TaskSchema, { id: "new", pipeline: "p" }), []).then(
-    () => undefined,
-    (e: unknown) => e as { code?: Code },
-  );
+  const err = await refusal(r.create(create(TaskSchema, { id: "new", pipeline: "p" }), []));
   t.is(err?.code, Code.Unavailable);
   t.true(Date.now() - started < 5_000, "refused within the backoff, not after the outage");
   t.false(peer.reports.some((rep) => rep.created.some((c) => c.id === "new")), "never sent");

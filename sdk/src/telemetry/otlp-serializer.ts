@@ -294,9 +294,8 @@ function writeEvent(w: Writer, event: TimedEvent): void {
   w.end(start);
 }
 
-function writeLink(w: Writer, link: Link & { droppedAttributesCount?: number }): void {
-  const start = w.begin();
-  const ctx: SpanContext = link.context;
+/** Fields 1-3 of a Span and of a Link alike: trace id, span id, trace state. */
+function writeContext(w: Writer, ctx: SpanContext): void {
   w.tag(1, WIRE_LEN);
   w.hex(ctx.traceId);
   w.tag(2, WIRE_LEN);
@@ -306,6 +305,12 @@ function writeLink(w: Writer, link: Link & { droppedAttributesCount?: number }):
     w.tag(3, WIRE_LEN);
     w.string(state);
   }
+}
+
+function writeLink(w: Writer, link: Link & { droppedAttributesCount?: number }): void {
+  const start = w.begin();
+  const ctx: SpanContext = link.context;
+  writeContext(w, ctx);
   if (link.attributes) writeAttributes(w, link.attributes, 4);
   w.tag(5, WIRE_VARINT);
   w.varint(link.droppedAttributesCount || 0);
@@ -328,15 +333,7 @@ function writeStatus(w: Writer, status: SpanStatus): void {
 function writeSpan(w: Writer, span: ReadableSpan): void {
   const start = w.begin();
   const ctx = span.spanContext();
-  w.tag(1, WIRE_LEN);
-  w.hex(ctx.traceId);
-  w.tag(2, WIRE_LEN);
-  w.hex(ctx.spanId);
-  const state = ctx.traceState?.serialize();
-  if (state) {
-    w.tag(3, WIRE_LEN);
-    w.string(state);
-  }
+  writeContext(w, ctx);
   const parent = span.parentSpanContext;
   if (parent?.spanId) {
     w.tag(4, WIRE_LEN);
