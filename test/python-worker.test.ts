@@ -401,7 +401,7 @@ test.serial("a Python worker with OTEL_* set exports a run span per attempt, chi
   await storedState(r.taskId, State.SUCCEEDED);
   const { history } = await mesh.client.getState(r.taskId, { history: true });
   for (const e of span.events) {
-    t.deepEqual(e.attributes, { "dsat.task.id": r.taskId, "dsat.stage": "pytraced", "dsat.attempt": 1, "dsat.state": e.name, "dsat.worker.id": w.id });
+    t.deepEqual(e.attributes, { "dsat.state": e.name }, "the span says the task, stage, attempt and worker; the event what is new");
     t.is(e.timeUnixNano, nanos(history.find((h) => h.stage === "pytraced" && stateName(h.to) === e.name)), `time of ${e.name}`);
   }
   t.true(span.startTimeUnixNano <= (span.events[0]?.timeUnixNano ?? 0n) && (span.events.at(-1)?.timeUnixNano ?? 0n) <= span.endTimeUnixNano);

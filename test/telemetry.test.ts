@@ -152,14 +152,22 @@ function checkTrace(t: ExecutionContext, state: TaskState, spans: readonly Recei
 
   // Every stored transition is exactly one event, on the span of whoever made it, at its time.
   const key = (stage: unknown, attempt: unknown, s: unknown) => `${stage}:${attempt}:${s}`;
+  // An event says what its span does not: on an attempt's span (dispatch, run) the state,
+  // which the span's stage, attempt and worker complete; on the task's span, those too.
+  const attemptSpan = (s: ReceivedSpan) => s.name.startsWith("dispatch ") || s.name.startsWith("run ");
+  const attr = (s: ReceivedSpan, e: ReceivedSpan["events"][number], k: string) =>
+    attemptSpan(s) ? (e.attributes[k] ?? s.attributes[k]) : e.attributes[k];
   const events = spans.flatMap((s) =>
-    s.events.map((e, index) => ({ span: s, index, e, key: key(e.attributes["dsat.stage"], e.attributes["dsat.attempt"], e.attributes["dsat.state"]) })),
+    s.events.map((e, index) => ({ span: s, index, e, key: key(attr(s, e, "dsat.stage"), attr(s, e, "dsat.attempt"), e.attributes["dsat.state"]) })),
   );
   const history = state.history.map((h) => ({ h, key: key(h.stage, h.attempt, stateName(h.to)) }));
   t.deepEqual(events.map((x) => x.key).sort(), history.map((x) => x.key).sort(), "the events are the transitions, each once");
   for (const x of events) {
     t.is(x.e.attributes["dsat.state"], x.e.name);
-    t.is(x.e.attributes["dsat.task.id"], taskId);
+    t.is(x.span.attributes["dsat.task.id"], taskId);
+    if (attemptSpan(x.span)) {
+      for (const k of ["dsat.task.id", "dsat.stage", "dsat.attempt", "dsat.worker.id"]) t.false(k in x.e.attributes, `${k} only on the span`);
+    }
   }
   let last = 0n;
   const order = new Map<ReceivedSpan, number>();
@@ -174,15 +182,14 @@ function checkTrace(t: ExecutionContext, state: TaskState, spans: readonly Recei
     // Within a span, events come in the order of the history.
     t.true(ev.index >= (order.get(ev.span) ?? 0), `${k} in order on "${ev.span.name}"`);
     order.set(ev.span, ev.index);
-    const worker = ev.e.attributes["dsat.worker.id"];
-    if (ev.span.name.startsWith("run ")) t.is(worker, ev.span.attributes["dsat.worker.id"]);
+    if (!attemptSpan(ev.span) && h.workerId) t.is(ev.e.attributes["dsat.worker.id"], h.workerId, `worker of ${k}`);
     if (h.error) t.is(ev.e.attributes["dsat.error.message"], h.error.message);
   });
   // Who recorded what: the worker its RUNNING and the end of its attempt, the router the rest.
   for (const x of events) {
     const byWorker = x.span.name.startsWith("run ");
     const s = String(x.e.attributes["dsat.state"]);
-    t.is(byWorker, ["RUNNING", "SUCCEEDED", "FAILED"].includes(s) && x.e.attributes["dsat.stage"] !== "", `${x.key} on ${x.span.name}`);
+    t.is(byWorker, ["RUNNING", "SUCCEEDED", "FAILED"].includes(s) && attr(x.span, x.e, "dsat.stage") !== "", `${x.key} on ${x.span.name}`);
   }
   return submit;
 }

@@ -581,7 +581,7 @@ class _AttemptSpan:
     this worker makes as an event named after the state it enters, at the transition's time,
     and at the end dsat.state, the error, and status ERROR for anything but SUCCEEDED."""
 
-    __slots__ = ("span", "_worker_id")
+    __slots__ = ("span",)
 
     def __init__(self, tracer: otlp_tracing.Tracer, a: worker_pb2.Assignment, worker_id: str, start_ns: int) -> None:
         task = a.task
@@ -599,15 +599,12 @@ class _AttemptSpan:
             },
             start_ns=start_ns,
         )
-        self._worker_id = worker_id
 
     def transition(self, t: task_pb2.Transition) -> None:
         """Records a transition this worker made."""
         state = _state_name(t.to)
-        attrs: dict[str, Any] = {"dsat.task.id": t.task_id, "dsat.stage": t.stage, "dsat.attempt": t.attempt,
-                                 "dsat.state": state}
-        if self._worker_id:
-            attrs["dsat.worker.id"] = self._worker_id
+        # The span carries the task, stage, attempt and worker: the event says what is new.
+        attrs: dict[str, Any] = {"dsat.state": state}
         if t.port:
             attrs["dsat.port"] = t.port
         if t.HasField("error"):

@@ -13,6 +13,7 @@ export { Payload, encodePayload } from "./payload.ts";
 export { startTelemetry, shutdownTelemetry, tracingConfigured, activeTracer } from "./telemetry/telemetry.ts";
 export type { Telemetry, TelemetryOptions } from "./telemetry/telemetry.ts";
 export { ATTR, AttemptSpan, addTransitionEvent, endSpan, isEndState, TASK_ID_KEY } from "./telemetry/spans.ts";
+export type { EventScope } from "./telemetry/spans.ts";
 export type { TransitionEventFields } from "./telemetry/spans.ts";
 export {
   TRACEPARENT,

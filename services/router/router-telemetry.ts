@@ -143,7 +143,11 @@ export class RouterTelemetry {
     const span = this.#taskSpan(`submit ${task.pipeline}`, task, createdMs);
     if (span) {
       // StatusService records the task's own PENDING when it stores the task.
-      addTransitionEvent(span, { taskId: task.id, stage: "", attempt: 0, to: State.PENDING, workerId: "", port: "", error: undefined, time: task.createdAt });
+      addTransitionEvent(
+        span,
+        { taskId: task.id, stage: "", attempt: 0, to: State.PENDING, workerId: "", port: "", error: undefined, time: task.createdAt },
+        "task",
+      );
     }
     this.#transitions?.inc(["", stateName(State.PENDING)]);
     this.#tasks.set(task.id, { pipeline: task.pipeline, createdMs, span, stages: new Map() });
@@ -191,7 +195,7 @@ export class RouterTelemetry {
     const track = this.#tasks.get(t.taskId);
     if (!track) return;
     if (t.stage === "") {
-      if (track.span) addTransitionEvent(track.span, t);
+      if (track.span) addTransitionEvent(track.span, t, "task");
       if (isEndState(t.to)) this.#taskEnded(t.taskId, track, t);
       return;
     }
@@ -218,7 +222,7 @@ export class RouterTelemetry {
           trace.setSpan(ROOT_CONTEXT, track.span),
         );
         st.dispatchAttempt = t.attempt;
-        addTransitionEvent(st.dispatch, t);
+        addTransitionEvent(st.dispatch, t, "attempt");
       }
       return;
     }
@@ -229,7 +233,7 @@ export class RouterTelemetry {
     // The worker records its own transitions on its span; the router records its own here.
     if (!byWorker) {
       const span = inDispatch ? st.dispatch : track.span;
-      if (span) addTransitionEvent(span, t, inDispatch ? st.workerId : t.workerId);
+      if (span) addTransitionEvent(span, t, inDispatch ? "attempt" : "task");
     }
     if (!isEndState(t.to)) return;
     if (byWorker && st.runningAt > 0 && t.time) this.#run?.observe([t.stage], (timestampMs(t.time) - st.runningAt) / 1000);

@@ -43,19 +43,23 @@ export function isEndState(s: State): boolean {
 export type TransitionEventFields = Pick<Transition, "taskId" | "stage" | "attempt" | "to" | "workerId" | "port" | "error" | "time">;
 
 /**
- * Adds one FSM transition to a span as an event named after the state it goes to, at the
- * transition's own time, with the task, stage, attempt, worker, state, port and error. (No
- * more: events are most of a trace's bytes. Who made it is the span's; where it came from,
- * the event before.)
+ * What a span stands for, which decides what its events repeat: an attempt's span (`dispatch`,
+ * `run`) carries the task, stage, attempt and worker, so its events say only what is new;
+ * a task's span (`submit`, `resume`) carries the task, so its events name the stage and
+ * attempt (a stage "" is the task itself) and the worker.
  */
-export function addTransitionEvent(span: Span, t: TransitionEventFields, workerId = t.workerId): void {
-  const attrs: Attributes = {
-    [ATTR.taskId]: t.taskId,
-    [ATTR.stage]: t.stage,
-    [ATTR.attempt]: t.attempt,
-    [ATTR.state]: stateName(t.to),
-  };
-  if (workerId) attrs[ATTR.workerId] = workerId;
+export type EventScope = "attempt" | "task";
+
+/**
+ * Adds one FSM transition to a span as an event named after the state it goes to, at the
+ * transition's own time, with the state, and what the span does not say already (see
+ * {@link EventScope}): on a task's span the stage, attempt and worker; the port and the
+ * error on either. (No more: events are most of a trace's bytes.)
+ */
+export function addTransitionEvent(span: Span, t: TransitionEventFields, scope: EventScope, workerId = t.workerId): void {
+  const attrs: Attributes =
+    scope === "task" ? { [ATTR.stage]: t.stage, [ATTR.attempt]: t.attempt, [ATTR.state]: stateName(t.to) } : { [ATTR.state]: stateName(t.to) };
+  if (scope === "task" && workerId) attrs[ATTR.workerId] = workerId;
   if (t.port) attrs[ATTR.port] = t.port;
   if (t.error) {
     attrs[ATTR.errorCode] = t.error.code;
@@ -85,12 +89,10 @@ export function endSpan(span: Span, state: State, error: TaskError | undefined, 
 export class AttemptSpan {
   readonly #span: Span;
   readonly #context: Context;
-  readonly #workerId: string;
 
-  private constructor(span: Span, ctx: Context, workerId: string) {
+  private constructor(span: Span, ctx: Context) {
     this.#span = span;
     this.#context = ctx;
-    this.#workerId = workerId;
   }
 
   /** Starts the span of an assignment; undefined when tracing is off. */
@@ -112,17 +114,17 @@ export class AttemptSpan {
       },
       parent,
     );
-    return new AttemptSpan(span, trace.setSpan(parent, span).setValue(TASK_ID_KEY, task.id), workerId);
+    return new AttemptSpan(span, trace.setSpan(parent, span).setValue(TASK_ID_KEY, task.id));
   }
 
   /** Records a transition this worker made. */
   transition(t: Transition): void {
-    addTransitionEvent(this.#span, t, this.#workerId);
+    addTransitionEvent(this.#span, t, "attempt");
   }
 
   /** Records the transition that ends the attempt, and ends the span. */
   end(t: Transition): void {
-    addTransitionEvent(this.#span, t, this.#workerId);
+    addTransitionEvent(this.#span, t, "attempt");
     endSpan(this.#span, t.to, t.error);
   }
 
