@@ -221,11 +221,11 @@ function readTransition(r: Reader, end: number): Transition {
         break;
       case 4:
         expect(wire, 0);
-        t.from = r.uint32();
+        t.from = r.uint32() | 0; // an enum is an int32
         break;
       case 5:
         expect(wire, 0);
-        t.to = r.uint32();
+        t.to = r.uint32() | 0;
         break;
       case 6:
         expect(wire, 2);
