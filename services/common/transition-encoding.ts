@@ -93,14 +93,17 @@ export function lengthDelimited(fieldNo: number, body: Uint8Array): Buffer {
   return out;
 }
 
-export function timestampSize(ts: Timestamp): number {
+/** Timestamp and Duration have the same two fields: seconds (int64) and nanos (int32). */
+type SecondsNanos = Pick<Timestamp, "seconds" | "nanos">;
+
+export function timestampSize(ts: SecondsNanos): number {
   let n = 0;
   if (ts.seconds) n += 1 + bigVarintSize(BigInt.asUintN(64, ts.seconds));
   if (ts.nanos) n += 1 + int32Size(ts.nanos);
   return n;
 }
 
-export function writeTimestamp(out: Buffer, p: number, ts: Timestamp): number {
+export function writeTimestamp(out: Buffer, p: number, ts: SecondsNanos): number {
   if (ts.seconds) {
     out[p++] = 0x08;
     p = writeBigVarint(out, p, BigInt.asUintN(64, ts.seconds));
