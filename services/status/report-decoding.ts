@@ -27,6 +27,8 @@ export function decodeReportRequest(bytes: Uint8Array): ReportRequest {
 class Reader {
   readonly buf: Buffer;
   pos = 0;
+  /** The wire type of the field whose tag {@link field} read last. */
+  wire = 0;
 
   constructor(bytes: Uint8Array) {
     // grpc-js hands a Buffer; a Uint8Array (tests) is viewed as one, without a copy.
@@ -104,29 +106,38 @@ class Reader {
   }
 }
 
-/** Reads a tag; a known field of the wrong wire type falls back. */
-function expect(wire: number, wanted: number): void {
-  if (wire !== wanted) throw FALLBACK;
+/** Reads a field's tag: returns its number, keeps its wire type in `r.wire`. */
+function field(r: Reader): number {
+  const tag = r.uint32();
+  r.wire = tag & 7;
+  return tag >>> 3;
+}
+
+/** The current field's value: a known field of another wire type falls back. */
+const str = (r: Reader) => (r.wire === 2 ? r.string() : fallback());
+const bytes = (r: Reader) => (r.wire === 2 ? r.bytes() : fallback());
+const u32 = (r: Reader) => (r.wire === 0 ? r.uint32() : fallback());
+const u64 = (r: Reader) => (r.wire === 0 ? r.uint64() : fallback());
+/** The end of the current field's message. */
+const sub = (r: Reader) => (r.wire === 2 ? r.end() : fallback());
+
+function fallback(): never {
+  throw FALLBACK;
 }
 
 function readReport(r: Reader): ReportRequest {
   const req: ReportRequest = { $typeName: "dsat.v1.ReportRequest", created: [], routerId: "", transitions: [] };
   const len = r.buf.length;
   while (r.pos < len) {
-    const tag = r.uint32();
-    const wire = tag & 7;
-    switch (tag >>> 3) {
+    switch (field(r)) {
       case 1:
-        expect(wire, 2);
-        req.created.push(readTask(r, r.end()));
+        req.created.push(readTask(r, sub(r)));
         break;
       case 2:
-        expect(wire, 2);
-        req.routerId = r.string();
+        req.routerId = str(r);
         break;
       case 3:
-        expect(wire, 2);
-        req.transitions.push(readTransition(r, r.end()));
+        req.transitions.push(readTransition(r, sub(r)));
         break;
       default:
         throw FALLBACK;
@@ -138,47 +149,37 @@ function readReport(r: Reader): ReportRequest {
 function readTask(r: Reader, end: number): Task {
   const t: Task = { $typeName: "dsat.v1.Task", id: "", pipeline: "", pipelineVersion: 0n, payload: EMPTY, headers: {} };
   while (r.pos < end) {
-    const tag = r.uint32();
-    const wire = tag & 7;
-    switch (tag >>> 3) {
+    switch (field(r)) {
       case 1:
-        expect(wire, 2);
-        t.id = r.string();
+        t.id = str(r);
         break;
       case 2:
-        expect(wire, 2);
-        t.pipeline = r.string();
+        t.pipeline = str(r);
         break;
       case 3:
-        expect(wire, 0);
-        t.pipelineVersion = r.uint64();
+        t.pipelineVersion = u64(r);
         break;
       case 4:
-        expect(wire, 2);
-        t.payload = r.bytes();
+        t.payload = bytes(r);
         break;
       case 5: {
-        expect(wire, 2);
-        const entryEnd = r.end();
+        const entryEnd = sub(r);
         let key = "";
         let value = "";
         while (r.pos < entryEnd) {
-          const et = r.uint32();
-          if ((et & 7) !== 2) throw FALLBACK;
-          if (et >>> 3 === 1) key = r.string();
-          else if (et >>> 3 === 2) value = r.string();
+          const no = field(r);
+          if (no === 1) key = str(r);
+          else if (no === 2) value = str(r);
           else throw FALLBACK;
         }
         t.headers[key] = value;
         break;
       }
       case 6:
-        expect(wire, 2);
-        t.deadline = readTimestamp(r, r.end());
+        t.deadline = readTimestamp(r, sub(r));
         break;
       case 7:
-        expect(wire, 2);
-        t.createdAt = readTimestamp(r, r.end());
+        t.createdAt = readTimestamp(r, sub(r));
         break;
       default:
         throw FALLBACK;
@@ -204,60 +205,45 @@ function readTransition(r: Reader, end: number): Transition {
     workerId: "",
   };
   while (r.pos < end) {
-    const tag = r.uint32();
-    const wire = tag & 7;
-    switch (tag >>> 3) {
+    switch (field(r)) {
       case 1:
-        expect(wire, 2);
-        t.taskId = r.string();
+        t.taskId = str(r);
         break;
       case 2:
-        expect(wire, 2);
-        t.stage = r.string();
+        t.stage = str(r);
         break;
       case 3:
-        expect(wire, 0);
-        t.attempt = r.uint32();
+        t.attempt = u32(r);
         break;
       case 4:
-        expect(wire, 0);
-        t.from = r.uint32() | 0; // an enum is an int32
+        t.from = u32(r) | 0; // an enum is an int32
         break;
       case 5:
-        expect(wire, 0);
-        t.to = r.uint32() | 0;
+        t.to = u32(r) | 0;
         break;
       case 6:
-        expect(wire, 2);
-        t.time = readTimestamp(r, r.end());
+        t.time = readTimestamp(r, sub(r));
         break;
       case 7:
-        expect(wire, 2);
-        t.memberId = r.string();
+        t.memberId = str(r);
         break;
       case 8:
-        expect(wire, 2);
-        t.error = readError(r, r.end());
+        t.error = readError(r, sub(r));
         break;
       case 9:
-        expect(wire, 2);
-        t.output = r.bytes();
+        t.output = bytes(r);
         break;
       case 10:
-        expect(wire, 2);
-        t.port = r.string();
+        t.port = str(r);
         break;
       case 11:
-        expect(wire, 0);
-        t.seq = r.uint64();
+        t.seq = u64(r);
         break;
       case 12:
-        expect(wire, 2);
-        t.detail = r.string();
+        t.detail = str(r);
         break;
       case 13:
-        expect(wire, 2);
-        t.workerId = r.string();
+        t.workerId = str(r);
         break;
       default:
         throw FALLBACK;
@@ -270,10 +256,9 @@ function readTransition(r: Reader, end: number): Transition {
 function readTimestamp(r: Reader, end: number): Timestamp {
   const ts: Timestamp = { $typeName: "google.protobuf.Timestamp", seconds: 0n, nanos: 0 };
   while (r.pos < end) {
-    const tag = r.uint32();
-    expect(tag & 7, 0);
-    if (tag >>> 3 === 1) ts.seconds = BigInt.asIntN(64, r.uint64());
-    else if (tag >>> 3 === 2) ts.nanos = r.uint32() | 0;
+    const no = field(r);
+    if (no === 1) ts.seconds = BigInt.asIntN(64, u64(r));
+    else if (no === 2) ts.nanos = u32(r) | 0;
     else throw FALLBACK;
   }
   return ts;
@@ -282,20 +267,15 @@ function readTimestamp(r: Reader, end: number): Timestamp {
 function readError(r: Reader, end: number): TaskError {
   const e: TaskError = { $typeName: "dsat.v1.TaskError", code: "", message: "", retryable: false };
   while (r.pos < end) {
-    const tag = r.uint32();
-    const wire = tag & 7;
-    switch (tag >>> 3) {
+    switch (field(r)) {
       case 1:
-        expect(wire, 2);
-        e.code = r.string();
+        e.code = str(r);
         break;
       case 2:
-        expect(wire, 2);
-        e.message = r.string();
+        e.message = str(r);
         break;
       case 3:
-        expect(wire, 0);
-        e.retryable = r.uint64() !== 0n;
+        e.retryable = u64(r) !== 0n;
         break;
       default:
         throw FALLBACK;
