@@ -45,7 +45,6 @@ interface StageTrack {
   runningAt: number;
   dispatch: Span | undefined;
   dispatchAttempt: number;
-  workerId: string;
 }
 
 interface TaskTrack {
@@ -203,7 +202,6 @@ export class RouterTelemetry {
     if (t.to === State.DISPATCHED) {
       this.#queueWait?.observe([t.stage], (performance.now() - st.queuedAt) / 1000);
       st.runningAt = 0;
-      st.workerId = t.workerId;
       if (track.span && this.#tracer) {
         st.dispatch = this.#tracer.startSpan(
           `dispatch ${t.stage}`,
@@ -279,7 +277,7 @@ export class RouterTelemetry {
   #stage(track: TaskTrack, name: string): StageTrack {
     let st = track.stages.get(name);
     if (!st) {
-      st = { queuedAt: performance.now(), runningAt: 0, dispatch: undefined, dispatchAttempt: 0, workerId: "" };
+      st = { queuedAt: performance.now(), runningAt: 0, dispatch: undefined, dispatchAttempt: 0 };
       track.stages.set(name, st);
     }
     return st;

@@ -56,10 +56,10 @@ export type EventScope = "attempt" | "task";
  * {@link EventScope}): on a task's span the stage, attempt and worker; the port and the
  * error on either. (No more: events are most of a trace's bytes.)
  */
-export function addTransitionEvent(span: Span, t: TransitionEventFields, scope: EventScope, workerId = t.workerId): void {
+export function addTransitionEvent(span: Span, t: TransitionEventFields, scope: EventScope): void {
   const attrs: Attributes =
     scope === "task" ? { [ATTR.stage]: t.stage, [ATTR.attempt]: t.attempt, [ATTR.state]: stateName(t.to) } : { [ATTR.state]: stateName(t.to) };
-  if (scope === "task" && workerId) attrs[ATTR.workerId] = workerId;
+  if (scope === "task" && t.workerId) attrs[ATTR.workerId] = t.workerId;
   if (t.port) attrs[ATTR.port] = t.port;
   if (t.error) {
     attrs[ATTR.errorCode] = t.error.code;
