@@ -3,18 +3,12 @@
 import { Code, ConnectError, stateName } from "@dsat/sdk";
 import test from "ava";
 import { fillPastQuota } from "./helpers/etcd.ts";
-import { startMesh, type TestMesh } from "./helpers/mesh.ts";
-import { waitFor } from "./helpers/wait.ts";
+import { startOneStageMesh, type TestMesh } from "./helpers/mesh.ts";
 
 let mesh: TestMesh;
 
 test.before(async () => {
-  mesh = await startMesh({ etcdArgs: ["--quota-backend-bytes", String(4 * 1024 * 1024)] });
-  await mesh.client.applyPipeline({ name: "tiny", stages: [{ name: "echo" }] });
-  await mesh.addWorker("echo", "echo");
-  await waitFor(async () => (await mesh.client.listWorkers()).flatMap((v) => v.workers).some((w) => w.connected), {
-    what: "the router to connect to the worker",
-  });
+  mesh = await startOneStageMesh({ etcdArgs: ["--quota-backend-bytes", String(4 * 1024 * 1024)] }, "tiny", "echo", "echo");
 });
 
 test.after.always(async () => {

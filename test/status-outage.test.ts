@@ -5,7 +5,7 @@
 // status server comes up, exactly once.
 import { Code, ConnectError, Payload, stateName } from "@dsat/sdk";
 import test from "ava";
-import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import { startOneStageMesh, type TestMesh } from "./helpers/mesh.ts";
 import { type ServiceProcess, startService } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -14,12 +14,7 @@ let mesh: TestMesh;
 let replacement: ServiceProcess | undefined;
 
 test.before(async () => {
-  mesh = await startMesh({ routerArgs: ["--status-give-up-ms", String(GIVE_UP_MS)] });
-  await mesh.client.applyPipeline({ name: "outage", stages: [{ name: "hold" }] });
-  await mesh.addWorker("hold", "hold");
-  await waitFor(async () => (await mesh.client.listWorkers()).flatMap((v) => v.workers).some((w) => w.connected), {
-    what: "the router to connect to the worker",
-  });
+  mesh = await startOneStageMesh({ routerArgs: ["--status-give-up-ms", String(GIVE_UP_MS)] }, "outage", "hold", "hold");
 });
 
 test.after.always(async () => {

@@ -1,6 +1,7 @@
 import { createClient, type DsatClient } from "@dsat/sdk";
 import { startEtcd, type TestEtcd } from "./etcd.ts";
 import { freePort, type ServiceProcess, startService } from "./processes.ts";
+import { waitFor } from "./wait.ts";
 
 /** A mesh of real processes on loopback against a real etcd. */
 export interface TestMesh {
@@ -87,4 +88,28 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
       await etcd.close();
     },
   };
+}
+
+/**
+ * A mesh (see {@link startMesh}) with a one-stage pipeline and one worker for it (an export
+ * of test/fixtures/stages.ts), once the router has connected to that worker.
+ */
+export async function startOneStageMesh(
+  options: MeshOptions,
+  pipeline: string,
+  stage: string,
+  exportName: string,
+): Promise<TestMesh> {
+  const mesh = await startMesh(options);
+  try {
+    await mesh.client.applyPipeline({ name: pipeline, stages: [{ name: stage }] });
+    await mesh.addWorker(stage, exportName);
+    await waitFor(async () => (await mesh.client.listWorkers()).flatMap((v) => v.workers).some((w) => w.connected), {
+      what: "the router to connect to the worker",
+    });
+  } catch (err) {
+    await mesh.close();
+    throw err;
+  }
+  return mesh;
 }
