@@ -185,6 +185,42 @@ test("creating a task that exists is a refused duplicate and changes nothing", a
   t.is(s?.seq, 1n);
 });
 
+test("a create of a task that a status server never saw is found in etcd: duplicate, replay, and new tasks of the same Report stored once", async (t) => {
+  // `other` has not cached these tasks: it takes a created task to be new without reading
+  // etcd, and learns otherwise from the fenced put.
+  await createTasks(["cold-dup", "cold-replay"]);
+  const res = await clientTo(StatusService, other.address).report({
+    routerId: "router-test",
+    created: [
+      { id: "cold-new-1", pipeline: "p" },
+      { id: "cold-replay", pipeline: "p" },
+      { id: "cold-new-2", pipeline: "p" },
+    ],
+  });
+  t.deepEqual(
+    res.created.map((o) => ({ accepted: o.accepted, duplicate: o.duplicate })),
+    [
+      { accepted: true, duplicate: false },
+      { accepted: true, duplicate: true },
+      { accepted: true, duplicate: false },
+    ],
+  );
+  const dup = await clientTo(StatusService, other.address).report({
+    routerId: "other-router",
+    created: [{ id: "cold-dup", pipeline: "q" }],
+  });
+  t.deepEqual(
+    dup.created.map((o) => ({ accepted: o.accepted, duplicate: o.duplicate, reason: o.reason })),
+    [{ accepted: false, duplicate: true, reason: "task cold-dup exists" }],
+  );
+  for (const id of ["cold-dup", "cold-replay", "cold-new-1", "cold-new-2"]) {
+    const s = await stored(id);
+    t.is(s?.routerId, "router-test", id);
+    t.is(s?.task?.pipeline, "p", id);
+    t.is(s?.seq, 1n, id);
+  }
+});
+
 test("an illegal transition is refused and not stored", async (t) => {
   const id = "illegal-1";
   await createTasks([id]);

@@ -257,6 +257,12 @@ export class TaskStore {
     for (const g of all) {
       const cached = this.#cache.get(g.taskId);
       if (cached) g.base = cached;
+      // A task that the batch creates is taken to be new without reading etcd first: its put
+      // is fenced on the key being absent (create revision 0), and a task that exists after
+      // all fails that compare and is read and applied again (a conflict), so that a
+      // resubmitted id still gets its duplicate answer. New tasks cost one round trip to etcd
+      // instead of two.
+      else if (g.ops[0]?.kind === "create") g.base = undefined;
       else misses.push(g);
     }
     await this.#load(misses);
