@@ -46,7 +46,7 @@ export interface StatusReporterOptions {
    */
   giveUpAfterMs: number;
   /**
-   * Reports in flight at once at most (default 4). Tasks are spread over that many lanes by
+   * Reports in flight at once at most (default 1). Tasks are spread over that many lanes by
    * their id; each lane sends one Report at a time, so a task's items stay in order.
    */
   lanes: number;
