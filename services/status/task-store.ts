@@ -432,7 +432,11 @@ export class TaskStore {
     for (const g of chunk) {
       g.conflicts = 0;
       if (g.value && g.next) {
-        this.#cache.set(g.taskId, { state: g.next, modRevision: res.header.revision, parts: g.parts });
+        // An ended task is not written again but for a rare replay, which reads it from
+        // etcd: keeping it would only fill the old generation of the heap (and the garbage
+        // collector's work) with states that nobody applies to.
+        if (g.ended) this.#cache.delete(g.taskId);
+        else this.#cache.set(g.taskId, { state: g.next, modRevision: res.header.revision, parts: g.parts });
       }
       this.#settle(g);
     }
