@@ -1,7 +1,7 @@
-import { create } from "@bufbuild/protobuf";
+import { create, equals } from "@bufbuild/protobuf";
 import test from "ava";
-import { PipelineSchema } from "./gen/dsat/v1/pipeline_pb.js";
-import { entryStages, findCycle, nextStages, validatePipeline } from "./graph.ts";
+import { EdgeSchema, PipelineSchema } from "./gen/dsat/v1/pipeline_pb.js";
+import { effectiveEdges, entryStages, findCycle, nextStages, validatePipeline } from "./graph.ts";
 
 const pipeline = (stages: string[], edges: [string, string, string?][] = []) =>
   create(PipelineSchema, {
@@ -55,4 +55,14 @@ test("findCycle returns a closed path", (t) => {
   const cycle = findCycle(pipeline(["a", "b", "c"], [["a", "b"], ["b", "c"], ["c", "a"]]));
   t.deepEqual(cycle, ["a", "b", "c", "a"]);
   t.is(findCycle(pipeline(["a", "b"])), undefined);
+});
+
+test("the edges of a pipeline without edges are a chain of messages equal to create()'s", (t) => {
+  const p = create(PipelineSchema, { name: "c", stages: [{ name: "a" }, { name: "b" }, { name: "c" }] });
+  const edges = effectiveEdges(p);
+  const want = [create(EdgeSchema, { from: "a", to: "b" }), create(EdgeSchema, { from: "b", to: "c" })];
+  t.is(edges.length, want.length);
+  edges.forEach((e, i) => t.true(equals(EdgeSchema, e, want[i] as (typeof want)[number]), `edge ${i}`));
+  const declared = create(PipelineSchema, { name: "d", stages: [{ name: "a" }, { name: "b" }], edges: [{ from: "a", to: "b", port: "x" }] });
+  t.is(effectiveEdges(declared), declared.edges);
 });
