@@ -62,7 +62,7 @@ test("the edges of a pipeline without edges are a chain of messages equal to cre
   const edges = effectiveEdges(p);
   const want = [create(EdgeSchema, { from: "a", to: "b" }), create(EdgeSchema, { from: "b", to: "c" })];
   t.is(edges.length, want.length);
-  edges.forEach((e, i) => t.true(equals(EdgeSchema, e, want[i] as (typeof want)[number]), `edge ${i}`));
+  for (const [i, e] of edges.entries()) t.true(equals(EdgeSchema, e, want[i] as (typeof want)[number]), `edge ${i}`);
   const declared = create(PipelineSchema, { name: "d", stages: [{ name: "a" }, { name: "b" }], edges: [{ from: "a", to: "b", port: "x" }] });
   t.is(effectiveEdges(declared), declared.edges);
 });
