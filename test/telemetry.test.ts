@@ -67,7 +67,7 @@ test.before(async () => {
   await Promise.all([
     mesh.addWorker("add", "add"),
     mesh.addWorker("flaky", "failFirst", [], "test/fixtures/flaky.ts"),
-    mesh.addWorker("double", "double"),
+    mesh.addWorker("double", "doubleTraced", [], "test/fixtures/flaky.ts"),
   ]);
   await waitFor(
     async () => (await mesh.client.listWorkers()).flatMap((v) => v.workers).filter((w) => w.connected).length === STAGES.length,
@@ -203,6 +203,15 @@ test.serial("a task through three stages, one retried: one trace, the right pare
   const spans = await spansOf(state.task?.id ?? "");
   const submit = checkTrace(t, state, spans);
   t.is(submit.parentSpanId, "", "without a client context the submission is the root");
+
+  // A span the handler makes itself (OpenTelemetry's API, the SDK's tracer) is a child of its
+  // run span, from the same process and resource.
+  const run = find(spans, "run", "double", 1);
+  const own = await waitFor(() => receiver.spans.find((s) => s.name === "double work" && s.traceId === submit.traceId), {
+    what: "the handler's own span",
+  });
+  t.is(own.parentSpanId, run.spanId);
+  t.is(own.service, "dsat-worker");
 
   // A line the handler logs (at warn, the default level) names its trace, span and task.
   const failed = find(spans, "run", "flaky", 1);

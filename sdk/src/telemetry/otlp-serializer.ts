@@ -1,5 +1,6 @@
 import type { Attributes, AttributeValue, HrTime, Link, SpanContext, SpanStatus } from "@opentelemetry/api";
 import type { ReadableSpan, TimedEvent } from "@opentelemetry/sdk-trace";
+import { DsatEvent, DsatSpan } from "./dsat-tracer.ts";
 
 // An OTLP ExportTraceServiceRequest encoder for the OpenTelemetry SDK's finished spans: the
 // same bytes as @opentelemetry/otlp-transformer's ProtobufTraceSerializer (same fields, same
@@ -107,8 +108,19 @@ class Writer {
 
   /** HrTime [seconds, nanoseconds] as fixed64 nanoseconds, exact past 2^53. */
   hrTime(t: HrTime): void {
-    const seconds = t[0];
-    const nanos = t[1];
+    this.time(t[0], t[1]);
+  }
+
+  /** Milliseconds since the epoch (a DsatSpan's times) as fixed64 nanoseconds: the nanoseconds of msToHrTime(ms). */
+  ms(ms: number): void {
+    const seconds = Math.floor(ms / 1000);
+    const nanos = Math.round((ms - seconds * 1000) * 1e6);
+    if (nanos >= 1e9) this.time(seconds + 1, nanos - 1e9);
+    else this.time(seconds, Math.max(0, nanos));
+  }
+
+  /** seconds * 1e9 + nanos as fixed64, exact past 2^53. */
+  time(seconds: number, nanos: number): void {
     // seconds * 1e9 + nanos, split in 32-bit halves without losing precision.
     const lowSeconds = seconds % 0x10000;
     const highSeconds = Math.floor(seconds / 0x10000);
@@ -285,7 +297,8 @@ function spanFlags(traceFlags: number, isRemote: boolean | undefined): number {
 function writeEvent(w: Writer, event: TimedEvent): void {
   const start = w.begin();
   w.tag(1, WIRE_FIXED64);
-  w.hrTime(event.time);
+  if (event instanceof DsatEvent) w.ms(event.timeMs);
+  else w.hrTime(event.time);
   w.tag(2, WIRE_LEN);
   w.string(event.name);
   if (event.attributes) writeAttributes(w, event.attributes, 3);
@@ -347,9 +360,15 @@ function writeSpan(w: Writer, span: ReadableSpan): void {
     w.varint(kind);
   }
   w.tag(7, WIRE_FIXED64);
-  w.hrTime(span.startTime);
-  w.tag(8, WIRE_FIXED64);
-  w.hrTime(span.endTime);
+  if (span instanceof DsatSpan) {
+    w.ms(span.startMs);
+    w.tag(8, WIRE_FIXED64);
+    w.ms(span.endMs);
+  } else {
+    w.hrTime(span.startTime);
+    w.tag(8, WIRE_FIXED64);
+    w.hrTime(span.endTime);
+  }
   if (span.attributes) writeAttributes(w, span.attributes, 9);
   w.tag(10, WIRE_VARINT);
   w.varint(span.droppedAttributesCount);

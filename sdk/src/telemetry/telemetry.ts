@@ -1,5 +1,5 @@
 import type { Tracer } from "@opentelemetry/api";
-import { trace } from "@opentelemetry/api";
+import { diag, trace } from "@opentelemetry/api";
 import { DSAT_VERSION } from "../version.ts";
 import type { DsatOtlpTraceExporter } from "./otlp-exporter.ts";
 
@@ -96,16 +96,24 @@ async function start(opts: TelemetryOptions): Promise<Telemetry> {
   // OTEL_* is left for the Node SDK to build from the same variables.
   const ownExporter = (exporters.length === 0 || (exporters.length === 1 && exporters[0] === "otlp")) && protocol === "http/protobuf";
   const named = Boolean(env.OTEL_SERVICE_NAME?.trim()) || /(^|,)\s*service\.name\s*=/.test(env.OTEL_RESOURCE_ATTRIBUTES ?? "");
-  const sdk = new NodeSDK({
-    ...(named ? {} : { serviceName: opts.serviceName }),
-    ...(ownExporter ? { traceExporter: new DsatOtlpTraceExporter() } : {}),
-    // Traces only: dsat serves its metrics itself (Prometheus text) and writes its logs as JSON lines.
-    metricReaders: [],
-    logRecordProcessors: [],
-    instrumentations: [],
-  });
-  sdk.start();
-  tracer = trace.getTracer("dsat", DSAT_VERSION);
+  // Traces only: dsat serves its metrics itself (Prometheus text) and writes its logs as JSON lines.
+  const common = { metricReaders: [], logRecordProcessors: [], instrumentations: [] };
+  let sdk: InstanceType<typeof NodeSDK>;
+  // With dsat's exporter and the default resource detectors, dsat's own spans come from its
+  // own tracer (dsat-tracer.ts), on the sampler, batch processor, exporter and resource that
+  // dsat builds here as the Node SDK would from the same OTEL_* variables, and hands to the
+  // Node SDK for every other span of the process. Otherwise the Node SDK builds everything
+  // and dsat's spans are the SDK's.
+  if (ownExporter && !env.OTEL_NODE_RESOURCE_DETECTORS?.trim()) {
+    const parts = await ownTracing(named ? undefined : opts.serviceName, new DsatOtlpTraceExporter());
+    sdk = new NodeSDK({ ...common, resource: parts.resource, autoDetectResources: false, sampler: parts.sampler, spanProcessors: [parts.processor] });
+    sdk.start();
+    tracer = parts.tracer;
+  } else {
+    sdk = new NodeSDK({ ...common, ...(named ? {} : { serviceName: opts.serviceName }), ...(ownExporter ? { traceExporter: new DsatOtlpTraceExporter() } : {}) });
+    sdk.start();
+    tracer = trace.getTracer("dsat", DSAT_VERSION);
+  }
   let stopped: Promise<void> | undefined;
   return {
     tracing: true,
@@ -118,7 +126,10 @@ async function start(opts: TelemetryOptions): Promise<Telemetry> {
           timer.unref();
         });
         try {
-          await Promise.race([sdk.shutdown(), limit]);
+          // An export that fails on the way out (the collector is down) loses those spans, as
+          // any failed export does; it is not an error of the program that shuts down.
+          const done = sdk.shutdown().catch((err: unknown) => diag.error(`dsat telemetry: the last export failed: ${String(err)}`));
+          await Promise.race([done, limit]);
         } finally {
           clearTimeout(timer);
         }
@@ -126,4 +137,63 @@ async function start(opts: TelemetryOptions): Promise<Telemetry> {
       return stopped;
     },
   };
+}
+
+/**
+ * dsat's tracer and what it shares with the Node SDK, made from the OTEL_* variables as the
+ * Node SDK makes them (sdk-node's create-from-env): the resource of the default detectors
+ * (service instance id, process, host, os, OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME),
+ * then `service.name` when given; the sampler of OTEL_TRACES_SAMPLER(_ARG), parent-based
+ * always-on by default; a batch span processor with OTEL_BSP_*; span limits of OTEL_*_LIMIT.
+ */
+async function ownTracing(serviceName: string | undefined, exporter: import("@opentelemetry/sdk-trace").SpanExporter) {
+  const [sdkTrace, res, core, { DsatTracer }] = await Promise.all([
+    import("@opentelemetry/sdk-trace"),
+    import("@opentelemetry/resources"),
+    import("@opentelemetry/core"),
+    import("./dsat-tracer.ts"),
+  ]);
+  let resource = res.defaultResource().merge(
+    res.detectResources({
+      detectors: [res.serviceInstanceIdDetector, res.processDetector, res.hostDetector, res.osDetector, res.envDetector],
+    }),
+  );
+  if (serviceName !== undefined) resource = resource.merge(res.resourceFromAttributes({ "service.name": serviceName }));
+  const num = (name: string) => core.getNumberFromEnv(name);
+  const ratio = () => {
+    const r = num("OTEL_TRACES_SAMPLER_ARG");
+    return r === undefined || r < 0 || r > 1 ? 1 : r;
+  };
+  const samplers: Record<string, () => import("@opentelemetry/sdk-trace").Sampler> = {
+    always_on: () => new sdkTrace.AlwaysOnSampler(),
+    always_off: () => new sdkTrace.AlwaysOffSampler(),
+    traceidratio: () => new sdkTrace.TraceIdRatioBasedSampler(ratio()),
+    parentbased_always_on: () => new sdkTrace.ParentBasedSampler({ root: new sdkTrace.AlwaysOnSampler() }),
+    parentbased_always_off: () => new sdkTrace.ParentBasedSampler({ root: new sdkTrace.AlwaysOffSampler() }),
+    parentbased_traceidratio: () => new sdkTrace.ParentBasedSampler({ root: new sdkTrace.TraceIdRatioBasedSampler(ratio()) }),
+  };
+  const samplerName = core.getStringFromEnv("OTEL_TRACES_SAMPLER");
+  const sampler = (samplerName && samplers[samplerName]?.()) || samplers.parentbased_always_on?.() as import("@opentelemetry/sdk-trace").Sampler;
+  const processor = new sdkTrace.BatchSpanProcessor({
+    exporter,
+    maxQueueSize: nonNegative(num("OTEL_BSP_MAX_QUEUE_SIZE")),
+    scheduledDelayMillis: nonNegative(num("OTEL_BSP_SCHEDULE_DELAY")),
+    exportTimeoutMillis: nonNegative(num("OTEL_BSP_EXPORT_TIMEOUT")),
+    maxExportBatchSize: nonNegative(num("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")),
+  });
+  const limits = {
+    attributeCountLimit: num("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT") ?? num("OTEL_ATTRIBUTE_COUNT_LIMIT") ?? 128,
+    attributeValueLengthLimit:
+      num("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT") ?? num("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT") ?? Number.POSITIVE_INFINITY,
+    eventCountLimit: num("OTEL_SPAN_EVENT_COUNT_LIMIT") ?? 128,
+    linkCountLimit: num("OTEL_SPAN_LINK_COUNT_LIMIT") ?? 128,
+    attributePerEventCountLimit: num("OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT") ?? num("OTEL_SPAN_ATTRIBUTE_PER_EVENT_COUNT_LIMIT") ?? 128,
+    attributePerLinkCountLimit: num("OTEL_LINK_ATTRIBUTE_COUNT_LIMIT") ?? num("OTEL_SPAN_ATTRIBUTE_PER_LINK_COUNT_LIMIT") ?? 128,
+  };
+  const tracer = new DsatTracer({ sampler, processor, resource, scope: { name: "dsat", version: DSAT_VERSION }, limits });
+  return { resource, sampler, processor, tracer };
+}
+
+function nonNegative(n: number | undefined): number | undefined {
+  return n !== undefined && n >= 0 ? n : undefined;
 }
