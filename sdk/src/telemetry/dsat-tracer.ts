@@ -258,45 +258,32 @@ export class DsatSpan implements Span, ReadableSpan {
   addEvent(name: string, attributesOrStartTime?: Attributes | TimeInput, timeStamp?: TimeInput): this {
     if (this.ended) return this;
     const limits = this.#config.limits;
-    if (limits.eventCountLimit === 0) {
-      this.droppedEventsCount++;
-      return this;
-    }
-    if (this.events.length >= limits.eventCountLimit) {
-      this.events.shift();
-      this.droppedEventsCount++;
-    }
-    let attrs: Attributes | undefined;
-    if (isTimeInput(attributesOrStartTime)) {
-      if (!isTimeInput(timeStamp)) timeStamp = attributesOrStartTime as TimeInput;
-    } else {
-      attrs = attributesOrStartTime as Attributes | undefined;
-    }
-    let dropped = 0;
-    if (attrs && !(plain(attrs) && Object.keys(attrs).length <= limits.attributePerEventCountLimit && shortEnough(attrs, limits))) {
-      const cleaned = cleanSimpleAttributes(attrs, {
-        attributeCountLimit: limits.attributePerEventCountLimit,
-        attributeValueLengthLimit: limits.attributeValueLengthLimit,
-      });
-      attrs = cleaned.attributes;
-      dropped = cleaned.droppedAttributesCount ?? 0;
-    }
-    this.events.push(new DsatEvent(name, this.#ms(timeStamp), attrs, dropped));
+    this.droppedEventsCount += keepLast(this.events, limits.eventCountLimit, () => {
+      let attrs: Attributes | undefined;
+      let at = timeStamp;
+      if (isTimeInput(attributesOrStartTime)) {
+        if (!isTimeInput(at)) at = attributesOrStartTime as TimeInput;
+      } else {
+        attrs = attributesOrStartTime as Attributes | undefined;
+      }
+      let dropped = 0;
+      if (attrs && !(plain(attrs) && Object.keys(attrs).length <= limits.attributePerEventCountLimit && shortEnough(attrs, limits))) {
+        const cleaned = cleanSimpleAttributes(attrs, {
+          attributeCountLimit: limits.attributePerEventCountLimit,
+          attributeValueLengthLimit: limits.attributeValueLengthLimit,
+        });
+        attrs = cleaned.attributes;
+        dropped = cleaned.droppedAttributesCount ?? 0;
+      }
+      return new DsatEvent(name, this.#ms(at), attrs, dropped);
+    });
     return this;
   }
 
   addLink(link: Link): this {
     if (this.ended) return this;
     const limits = this.#config.limits;
-    if (limits.linkCountLimit === 0) {
-      this.droppedLinksCount++;
-      return this;
-    }
-    if (this.links.length >= limits.linkCountLimit) {
-      this.links.shift();
-      this.droppedLinksCount++;
-    }
-    this.links.push(cleanLink(link, limits));
+    this.droppedLinksCount += keepLast(this.links, limits.linkCountLimit, () => cleanLink(link, limits));
     return this;
   }
 
@@ -348,6 +335,22 @@ export class DsatSpan implements Span, ReadableSpan {
     if (attributes["exception.type"] || attributes["exception.message"]) this.addEvent("exception", attributes, time);
     else diag.warn(`Failed to record an exception ${exception}`);
   }
+}
+
+/**
+ * Adds make() to a list kept to its last `limit` items, as the SDK keeps events and links:
+ * the oldest goes when it is full, nothing is kept when the limit is 0. Returns how many
+ * were dropped (0 or 1).
+ */
+function keepLast<T>(list: T[], limit: number, make: () => T): number {
+  if (limit === 0) return 1;
+  let dropped = 0;
+  if (list.length >= limit) {
+    list.shift();
+    dropped = 1;
+  }
+  list.push(make());
+  return dropped;
 }
 
 function shortEnough(attrs: Attributes, limits: DsatSpanLimits): boolean {
