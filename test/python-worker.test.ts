@@ -8,6 +8,7 @@ import test from "ava";
 import {
   AsyncQueue,
   advertisedAddress,
+  bindTarget,
   Code,
   ConnectError,
   clientTo,
@@ -552,4 +553,17 @@ test("advertised_address in Python gives what advertisedAddress gives in TypeScr
     JSON.parse(py.stdout),
     cases.map(([h, v]) => [advertisedAddress(h, 7001, v, machine), advertisedAddress(h, 7001, v, { lo }), advertisedAddress(h, 7001, v)]),
   );
+});
+
+test("bind_target in Python binds what bindTarget binds in TypeScript (an empty host is every interface)", (t) => {
+  const hosts = ["127.0.0.1", "", "  ", "0.0.0.0", "::", "::1", "[::1]", "localhost"];
+  const script = [
+    "import json, sys",
+    "sys.path.insert(0, 'examples/python-worker')",
+    "from dsat_worker import bind_target",
+    "print(json.dumps([bind_target(h, 7001) for h in json.load(sys.stdin)]))",
+  ].join("\n");
+  const py = spawnSync(PYTHON, ["-c", script], { cwd: ROOT, input: JSON.stringify(hosts), encoding: "utf8", timeout: 30_000 });
+  t.is(py.status, 0, py.stderr);
+  t.deepEqual(JSON.parse(py.stdout), hosts.map((h) => bindTarget(h, 7001)));
 });

@@ -531,6 +531,14 @@ def advertised_address(
     return f"[{chosen}]:{port}" if ":" in chosen else f"{chosen}:{port}"
 
 
+def bind_target(host: str, port: int) -> str:
+    """What the server binds for ``host``:``port``, by the rules of the TypeScript servers
+    (sdk/src/server/serve.ts ``bindTarget``): an empty host is every interface (0.0.0.0, as
+    ``advertised_address`` reads it too), an IPv6 host is put in brackets."""
+    h = "0.0.0.0" if host.strip() == "" else host
+    return f"[{h}]:{port}" if ":" in h and not h.startswith("[") else f"{h}:{port}"
+
+
 # ---------------------------------------------------------------------------- worker
 
 # The FSM states a worker reports (dsat.v1.State).
@@ -794,8 +802,9 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
         self._health.add_to_server(self._server)
         ReflectionService(["dsat.v1.WorkerService", "grpc.health.v1.Health",
                            "grpc.reflection.v1.ServerReflection"]).add_to_server(self._server)
-        bind_host = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 host in brackets
-        bound = self._server.add_insecure_port(f"{bind_host}:{self._port}")
+        target = bind_target(self._host, self._port)
+        bind_host = target[: target.rindex(":")]
+        bound = self._server.add_insecure_port(target)
         if bound == 0:
             raise OSError(f"cannot listen on {bind_host}:{self._port}")
         self._server.start()

@@ -48,7 +48,7 @@ export type { PrefixWatchHandlers } from "./prefix-watch.ts";
 export type { RegistrationOptions } from "./membership.ts";
 
 // ---------------------------------------------------------------------------- servers and transports (for services)
-export { advertisedAddress, startGrpcServer } from "./server/serve.ts";
+export { advertisedAddress, bindTarget, startGrpcServer } from "./server/serve.ts";
 export type { GrpcServerOptions, RunningGrpcServer } from "./server/serve.ts";
 export { addService, serviceDefinition } from "./server/add-service.ts";
 export type { RequestDecoders } from "./server/add-service.ts";

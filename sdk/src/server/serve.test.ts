@@ -1,6 +1,6 @@
 import type { NetworkInterfaceInfo } from "node:os";
 import test from "ava";
-import { advertisedAddress } from "./serve.ts";
+import { advertisedAddress, bindTarget } from "./serve.ts";
 
 const nic = (address: string, family: "IPv4" | "IPv6", internal: boolean): NetworkInterfaceInfo =>
   ({ address, family, internal, netmask: "", mac: "", cidr: null }) as NetworkInterfaceInfo;
@@ -26,4 +26,14 @@ test("--advertise wins: a host gets the port bound, host:port is taken as it is"
   t.is(advertisedAddress("0.0.0.0", 7001, "203.0.113.5:30001", machine), "203.0.113.5:30001");
   t.is(advertisedAddress("0.0.0.0", 7001, "2001:db8::5", machine), "[2001:db8::5]:7001");
   t.is(advertisedAddress("0.0.0.0", 7001, "[2001:db8::5]:30001", machine), "[2001:db8::5]:30001");
+});
+
+test("what is bound: an empty host is every interface, an IPv6 host goes in brackets", (t) => {
+  t.is(bindTarget("127.0.0.1", 0), "127.0.0.1:0");
+  t.is(bindTarget("", 7001), "0.0.0.0:7001");
+  t.is(bindTarget("  ", 7001), "0.0.0.0:7001");
+  t.is(bindTarget("::", 7001), "[::]:7001");
+  t.is(bindTarget("::1", 0), "[::1]:0");
+  t.is(bindTarget("[::1]", 0), "[::1]:0");
+  t.is(bindTarget("localhost", 7002), "localhost:7002");
 });

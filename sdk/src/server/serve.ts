@@ -61,6 +61,16 @@ export function advertisedAddress(
   return `${chosen.includes(":") ? `[${chosen}]` : chosen}:${port}`;
 }
 
+/**
+ * What grpc-js binds for a server listening on `host`:`port`: an empty host is every
+ * interface (0.0.0.0, as `advertisedAddress` reads it too, and as a socket bound to "" is),
+ * an IPv6 host is put in brackets.
+ */
+export function bindTarget(host: string, port: number): string {
+  const h = host.trim() === "" ? "0.0.0.0" : host;
+  return `${h.includes(":") && !h.startsWith("[") ? `[${h}]` : h}:${port}`;
+}
+
 /** A running grpc-js server with health and reflection. */
 export interface RunningGrpcServer {
   readonly server: grpc.Server;
@@ -94,9 +104,8 @@ export async function startGrpcServer(
   health.addToServer(server);
   new ReflectionService([...services, Health, ServerReflection]).addToServer(server);
   register(server);
-  const bindHost = opts.host.includes(":") ? `[${opts.host}]` : opts.host;
   const port = await new Promise<number>((resolve, reject) => {
-    server.bindAsync(`${bindHost}:${opts.port}`, grpc.ServerCredentials.createInsecure(), (err, p) =>
+    server.bindAsync(bindTarget(opts.host, opts.port), grpc.ServerCredentials.createInsecure(), (err, p) =>
       err ? reject(err) : resolve(p),
     );
   });
