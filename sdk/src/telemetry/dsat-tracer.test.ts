@@ -204,3 +204,25 @@ test("msToHrTime carries rounding into the seconds", (t) => {
   t.deepEqual(msToHrTime(1999.9999996), [2, 0]);
   t.deepEqual(msToHrTime(1234.5), [1, 234_500_000]);
 });
+
+test("a processor's onEnding sees the end time with the span still open; onEnd sees it ended", (t) => {
+  const seen: string[] = [];
+  const tracer = new DsatTracer({
+    sampler: new AlwaysOnSampler(),
+    processor: {
+      onStart: () => seen.push("start"),
+      onEnding: (s) => {
+        seen.push(`ending ended=${s.ended} end=${s.endTime.join(",")}`);
+        (s as unknown as Span).setAttribute("added.on.ending", true);
+      },
+      onEnd: (s) => seen.push(`end ended=${s.ended} attr=${String(s.attributes["added.on.ending"])}`),
+      forceFlush: async () => {},
+      shutdown: async () => {},
+    },
+    resource: resourceFromAttributes({}),
+    scope: { name: "dsat" },
+    limits: LIMITS,
+  });
+  tracer.startSpan("s", { startTime: 1_700_000_000_000 }, ROOT_CONTEXT).end(1_700_000_000_250);
+  t.deepEqual(seen, ["start", "ending ended=false end=1700000000,250000000", "end ended=true attr=true"]);
+});

@@ -142,6 +142,7 @@ export class DsatSpan implements Span, ReadableSpan {
   readonly #perfStart: number;
   readonly #startGiven: boolean;
   #attributeCount: number;
+  #ended = false;
 
   constructor(
     config: DsatTracerConfig,
@@ -189,7 +190,7 @@ export class DsatSpan implements Span, ReadableSpan {
   }
 
   get ended(): boolean {
-    return !Number.isNaN(this.endMs);
+    return this.#ended;
   }
 
   get startTime(): HrTime {
@@ -197,13 +198,21 @@ export class DsatSpan implements Span, ReadableSpan {
   }
 
   get endTime(): HrTime {
-    return this.ended ? msToHrTime(this.endMs) : [0, 0];
+    return Number.isNaN(this.endMs) ? [0, 0] : msToHrTime(this.endMs);
   }
 
+  /** endTime - startTime, as the SDK computes it from the two. */
   get duration(): HrTime {
-    if (!this.ended) return [-1, -1];
-    const ns = Math.round((this.endMs - this.startMs) * 1e6);
-    return [Math.floor(ns / 1e9), ns % 1e9];
+    if (Number.isNaN(this.endMs)) return [-1, -1];
+    const end = msToHrTime(this.endMs);
+    const start = msToHrTime(this.startMs);
+    let seconds = end[0] - start[0];
+    let nanos = end[1] - start[1];
+    if (nanos < 0) {
+      seconds -= 1;
+      nanos += 1e9;
+    }
+    return [seconds, nanos];
   }
 
   spanContext(): SpanContext {
@@ -316,9 +325,12 @@ export class DsatSpan implements Span, ReadableSpan {
       diag.warn("Inconsistent start and end time, startTime > endTime. Setting span duration to 0ms.");
       end = this.startMs;
     }
+    // As in the SDK: the end time is set when onEnding sees the span, which is still open to
+    // changes then; onEnd sees it ended.
+    this.endMs = end;
     const processor = this.#config.processor;
     processor.onEnding?.(this);
-    this.endMs = end;
+    this.#ended = true;
     processor.onEnd(this);
   }
 
