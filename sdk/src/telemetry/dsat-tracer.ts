@@ -411,17 +411,10 @@ export class DsatTracer implements Tracer {
     const kind = options.kind ?? SpanKind.INTERNAL;
     const limits = this.#config.limits;
     const links = (options.links ?? []).map((l) => cleanLink(l, limits));
-    let attributes: Attributes = {};
-    let dropped = 0;
-    if (options.attributes) {
-      if (plain(options.attributes) && shortEnough(options.attributes, limits)) {
-        attributes = { ...options.attributes };
-      } else {
-        const cleaned = cleanAttributes(options.attributes, { attributeCountLimit: Number.POSITIVE_INFINITY, attributeValueLengthLimit: limits.attributeValueLengthLimit });
-        attributes = cleaned.attributes ?? {};
-      }
-    }
-    const result = this.#config.sampler.shouldSample(ctx, traceId, name, kind, attributes, links);
+    // The sampler sees the attributes as given (samplers read them, never change them); they
+    // are copied only for a span that records.
+    const given = options.attributes ?? {};
+    const result = this.#config.sampler.shouldSample(ctx, traceId, name, kind, given, links);
     traceState = result.traceState ?? traceState;
     const spanContext: SpanContext = {
       traceId,
@@ -430,6 +423,14 @@ export class DsatTracer implements Tracer {
       traceState,
     };
     if (result.decision === SamplingDecision.NOT_RECORD) return trace.wrapSpanContext(spanContext);
+    let attributes: Attributes;
+    let dropped = 0;
+    if (plain(given) && shortEnough(given, limits)) {
+      attributes = { ...given };
+    } else {
+      const cleaned = cleanAttributes(given, { attributeCountLimit: Number.POSITIVE_INFINITY, attributeValueLengthLimit: limits.attributeValueLengthLimit });
+      attributes = cleaned.attributes ?? {};
+    }
     if (result.attributes) Object.assign(attributes, result.attributes);
     const count = Object.keys(attributes).length;
     if (count > limits.attributeCountLimit) {

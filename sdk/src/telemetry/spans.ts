@@ -57,6 +57,8 @@ export type EventScope = "attempt" | "task";
  * error on either. (No more: events are most of a trace's bytes.)
  */
 export function addTransitionEvent(span: Span, t: TransitionEventFields, scope: EventScope): void {
+  // A span that is not sampled records nothing: no need to build what it would drop.
+  if (!span.isRecording()) return;
   const attrs: Attributes =
     scope === "task" ? { [ATTR.stage]: t.stage, [ATTR.attempt]: t.attempt, [ATTR.state]: stateName(t.to) } : { [ATTR.state]: stateName(t.to) };
   if (scope === "task" && t.workerId) attrs[ATTR.workerId] = t.workerId;
@@ -70,6 +72,10 @@ export function addTransitionEvent(span: Span, t: TransitionEventFields, scope: 
 
 /** Ends a span with the state it ended in, ERROR status for anything but SUCCEEDED. */
 export function endSpan(span: Span, state: State, error: TaskError | undefined, at?: number): void {
+  if (!span.isRecording()) {
+    span.end(at);
+    return;
+  }
   span.setAttribute(ATTR.state, stateName(state));
   if (error) {
     span.setAttribute(ATTR.errorCode, error.code);
