@@ -297,6 +297,31 @@ test.serial("a client's own span is the parent of the task's spans (run, submit,
   t.is(submit.parentSpanId, spanId);
 });
 
+test.serial("a task its client does not sample leaves no span anywhere: the router and the workers follow the decision", async (t) => {
+  const traceId = "5bf92f3577b34da6a3ce929d0e0e4737";
+  const router = mesh.routers[0] as ServiceProcess;
+  const unsampled = await runTask(5, async () => {
+    const { taskId } = await clientTo(RouterService, router.address).submit(
+      { pipeline: PIPELINE, payload: encodePayload({ v: 5, path: [] }) },
+      { headers: { traceparent: `00-${traceId}-10f067aa0ba902b8-00` } },
+    );
+    for await (const _ of mesh.client.watch(taskId)) {
+      // to its end
+    }
+    const s = await mesh.client.getState(taskId);
+    return { taskId, state: s.state, ok: s.state === State.SUCCEEDED, error: s.error };
+  });
+  // A sampled task after it, through the same processes: once its spans are in, any span of
+  // the first would be in too (each process exports its spans in the order they end).
+  const sampled = await runTask(6);
+  checkTrace(t, sampled, await spansOf(sampled.task?.id ?? ""));
+  const leaked = receiver.spans.filter((s) => s.traceId === traceId || s.attributes["dsat.task.id"] === unsampled.task?.id);
+  t.deepEqual(
+    leaked.map((s) => `${s.service}: ${s.name}`),
+    [],
+  );
+});
+
 test.serial("the metrics endpoints agree with the tasks run", async (t) => {
   t.true(taskIds.length >= 4, "the tests before ran tasks");
   const states = await Promise.all(taskIds.map((id) => mesh.client.getState(id, { history: true })));

@@ -202,7 +202,10 @@ export class RouterTelemetry {
     if (t.to === State.DISPATCHED) {
       this.#queueWait?.observe([t.stage], (performance.now() - st.queuedAt) / 1000);
       st.runningAt = 0;
-      if (track.span && this.#tracer) {
+      // A task whose span does not record (not sampled) gets no dispatch spans: under any of
+      // OpenTelemetry's samplers they would not record either, and the workers continue the
+      // task span's (unsampled) context instead, which `inject` gives them.
+      if (track.span?.isRecording() && this.#tracer) {
         st.dispatch = this.#tracer.startSpan(
           `dispatch ${t.stage}`,
           {
@@ -242,10 +245,14 @@ export class RouterTelemetry {
     }
   }
 
-  /** Puts the trace context of the attempt's dispatch span in the assignment's task headers. */
+  /**
+   * Puts the trace context of the attempt's dispatch span (of the task's span, when the task
+   * is not sampled) in the assignment's task headers.
+   */
   inject(a: Assignment): void {
     const task = a.task;
-    const span = task ? this.#tasks.get(task.id)?.stages.get(a.stage)?.dispatch : undefined;
+    const track = task ? this.#tasks.get(task.id) : undefined;
+    const span = track?.stages.get(a.stage)?.dispatch ?? track?.span;
     if (!task || !span) return;
     const sc = span.spanContext();
     const headers: Record<string, string> = { ...task.headers, [TRACEPARENT]: formatTraceparent(sc) };
