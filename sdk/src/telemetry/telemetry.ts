@@ -194,6 +194,7 @@ async function ownTracing(serviceName: string | undefined, exporter: import("@op
   return { resource, sampler, processor, tracer };
 }
 
+/** A positive number, else undefined (the default): the Node SDK reads OTEL_BSP_* so. */
 function nonNegative(n: number | undefined): number | undefined {
-  return n !== undefined && n >= 0 ? n : undefined;
+  return n !== undefined && n > 0 ? n : undefined;
 }
