@@ -4,7 +4,7 @@ import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import type { NetworkInterfaceInfo } from "node:os";
 import { create } from "@bufbuild/protobuf";
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import {
   AsyncQueue,
   advertisedAddress,
@@ -540,30 +540,36 @@ test("advertised_address in Python gives what advertisedAddress gives in TypeScr
     ["0.0.0.0", "[2001:db8::5]:30001"], ["0.0.0.0", "[2001:db8::5]"], ["0.0.0.0", "host:notaport"], ["::", "   "],
   ];
   // Each case with an interface of 10.1.2.3, then with loopback alone, then with this machine's own.
-  const script = [
-    "import json, sys",
-    "sys.path.insert(0, 'examples/python-worker')",
+  const got = inPython(
+    t,
     "from dsat_worker import advertised_address as a",
-    "cases = json.load(sys.stdin)",
-    "print(json.dumps([[a(h, 7001, v, lambda: '10.1.2.3'), a(h, 7001, v, lambda: None), a(h, 7001, v)] for h, v in cases]))",
-  ].join("\n");
-  const py = spawnSync(PYTHON, ["-c", script], { cwd: ROOT, input: JSON.stringify(cases), encoding: "utf8", timeout: 30_000 });
-  t.is(py.status, 0, py.stderr);
+    "[[a(h, 7001, v, lambda: '10.1.2.3'), a(h, 7001, v, lambda: None), a(h, 7001, v)] for h, v in cases]",
+    cases,
+  );
   t.deepEqual(
-    JSON.parse(py.stdout),
+    got,
     cases.map(([h, v]) => [advertisedAddress(h, 7001, v, machine), advertisedAddress(h, 7001, v, { lo }), advertisedAddress(h, 7001, v)]),
   );
 });
 
-test("bind_target in Python binds what bindTarget binds in TypeScript (an empty host is every interface)", (t) => {
-  const hosts = ["127.0.0.1", "", "  ", "0.0.0.0", "::", "::1", "[::1]", "localhost"];
+/** The JSON of a Python expression over `cases` (JSON), with dsat_worker importable; fails the test when Python does. */
+function inPython(t: ExecutionContext, imports: string, expression: string, cases: unknown): unknown {
   const script = [
     "import json, sys",
     "sys.path.insert(0, 'examples/python-worker')",
-    "from dsat_worker import bind_target",
-    "print(json.dumps([bind_target(h, 7001) for h in json.load(sys.stdin)]))",
+    imports,
+    "cases = json.load(sys.stdin)",
+    `print(json.dumps(${expression}))`,
   ].join("\n");
-  const py = spawnSync(PYTHON, ["-c", script], { cwd: ROOT, input: JSON.stringify(hosts), encoding: "utf8", timeout: 30_000 });
+  const py = spawnSync(PYTHON, ["-c", script], { cwd: ROOT, input: JSON.stringify(cases), encoding: "utf8", timeout: 30_000 });
   t.is(py.status, 0, py.stderr);
-  t.deepEqual(JSON.parse(py.stdout), hosts.map((h) => bindTarget(h, 7001)));
+  return JSON.parse(py.stdout);
+}
+
+test("bind_target in Python binds what bindTarget binds in TypeScript (an empty host is every interface)", (t) => {
+  const hosts = ["127.0.0.1", "", "  ", "0.0.0.0", "::", "::1", "[::1]", "localhost"];
+  t.deepEqual(
+    inPython(t, "from dsat_worker import bind_target", "[bind_target(h, 7001) for h in cases]", hosts),
+    hosts.map((h) => bindTarget(h, 7001)),
+  );
 });
