@@ -22,6 +22,8 @@ export {
   formatTraceparent,
   withTraceContext,
   contextFromHeaders,
+  withSpan,
+  ChainContext,
   traceHeaders,
 } from "./telemetry/trace-context.ts";
 

@@ -14,9 +14,10 @@ import {
   TRACEPARENT,
   TRACESTATE,
   type Transition,
+  withSpan,
 } from "@dsat/sdk";
 import type * as grpc from "@grpc/grpc-js";
-import { ROOT_CONTEXT, type Span, SpanKind, SpanStatusCode, type Tracer, trace } from "@opentelemetry/api";
+import { ROOT_CONTEXT, type Span, SpanKind, SpanStatusCode, type Tracer } from "@opentelemetry/api";
 import { type Counter, type Histogram, type MetricsRegistry, SECONDS_BUCKETS } from "../common/metrics.ts";
 
 /** What {@link RouterTelemetry} reads from its router. */
@@ -220,7 +221,7 @@ export class RouterTelemetry {
               [ATTR.routerId]: this.#routerId,
             },
           },
-          trace.setSpan(ROOT_CONTEXT, track.span),
+          withSpan(track.span),
         );
         st.dispatchAttempt = t.attempt;
         addTransitionEvent(st.dispatch, t, "attempt");

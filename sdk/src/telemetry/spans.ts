@@ -14,7 +14,7 @@ import {
 import { stateName } from "../fsm.ts";
 import { State, type TaskError, type Transition } from "../gen/dsat/v1/task_pb.js";
 import type { Assignment } from "../gen/dsat/v1/worker_pb.js";
-import { contextFromHeaders } from "./trace-context.ts";
+import { contextFromHeaders, withSpan } from "./trace-context.ts";
 
 /** Attribute names of dsat's spans and span events. */
 export const ATTR = Object.freeze({
@@ -33,6 +33,7 @@ export const ATTR = Object.freeze({
 
 /** The context key under which a task's id rides along with its span (for log lines). */
 export const TASK_ID_KEY = createContextKey("dsat.task.id");
+
 
 /** True for the states that end an attempt (or a task). */
 export function isEndState(s: State): boolean {
@@ -120,7 +121,8 @@ export class AttemptSpan {
       },
       parent,
     );
-    return new AttemptSpan(span, trace.setSpan(parent, span).setValue(TASK_ID_KEY, task.id));
+    // The handler's context: the span (in place of the remote parent) and the task id.
+    return new AttemptSpan(span, withSpan(span).setValue(TASK_ID_KEY, task.id));
   }
 
   /** Records a transition this worker made. */

@@ -1,6 +1,6 @@
 import test from "ava";
-import { ROOT_CONTEXT, type SpanContext, TraceFlags, trace } from "@opentelemetry/api";
-import { contextFromHeaders, formatTraceparent, parseTraceparent, traceHeaders, withTraceContext } from "./trace-context.ts";
+import { createContextKey, ROOT_CONTEXT, type SpanContext, TraceFlags, trace } from "@opentelemetry/api";
+import { contextFromHeaders, formatTraceparent, parseTraceparent, traceHeaders, withSpan, withTraceContext } from "./trace-context.ts";
 
 const TRACE = "4bf92f3577b34da6a3ce929d0e0e4736";
 const SPAN = "00f067aa0ba902b7";
@@ -50,4 +50,19 @@ test("contextFromHeaders gives the remote parent; traceHeaders picks only the tr
   t.deepEqual(traceHeaders({ traceparent: "p", tracestate: "s", other: "x" }), { traceparent: "p", tracestate: "s" });
   t.deepEqual(traceHeaders({ traceparent: "p" }), { traceparent: "p" });
   t.is(traceHeaders({ other: "x" }), undefined);
+});
+
+test("ChainContext and withSpan: what OpenTelemetry's API reads of a context, without a Map per value", (t) => {
+  const span = trace.wrapSpanContext({ traceId: TRACE, spanId: SPAN, traceFlags: 1 });
+  const key = createContextKey("test key");
+  const ctx = withSpan(span).setValue(key, 42);
+  t.is(trace.getSpan(ctx), span, "the API's trace.getSpan finds it");
+  t.is(trace.getSpanContext(ctx)?.spanId, SPAN);
+  t.is(ctx.getValue(key), 42);
+  t.is(ctx.deleteValue(key).getValue(key), undefined);
+  t.is(trace.getSpan(ctx.deleteValue(key)), span, "the other values stay");
+  const other = trace.wrapSpanContext({ traceId: TRACE, spanId: "1".repeat(16), traceFlags: 1 });
+  t.is(trace.getSpan(trace.setSpan(ctx, other)), other, "a span set over it wins");
+  t.is(trace.getSpan(ROOT_CONTEXT), undefined);
+  t.is(trace.getSpan(contextFromHeaders({ traceparent: `00-${TRACE}-${SPAN}-01` }))?.spanContext().isRemote, true);
 });

@@ -1,5 +1,7 @@
 import {
   type Context,
+  createContextKey,
+  type Span,
   context,
   createTraceState,
   isSpanContextValid,
@@ -62,7 +64,46 @@ export function withTraceContext(
 /** A context whose (remote) parent span is the one the headers name; `base` when they name none. */
 export function contextFromHeaders(headers: Readonly<Record<string, string>>, base: Context = ROOT_CONTEXT): Context {
   const sc = parseTraceparent(headers[TRACEPARENT], headers[TRACESTATE]);
-  return sc ? trace.setSpanContext(base, sc) : base;
+  return sc ? withSpan(trace.wrapSpanContext(sc), base) : base;
+}
+
+/** `base` with `span` as its span: what `trace.setSpan(base, span)` gives, as a {@link ChainContext}. */
+export function withSpan(span: Span, base: Context = ROOT_CONTEXT): Context {
+  return new ChainContext(base, SPAN_KEY, span);
+}
+
+/** The key under which OpenTelemetry's API keeps a context's span (`trace.setSpan`): a registered symbol. */
+const SPAN_KEY = createContextKey("OpenTelemetry Context Key SPAN");
+
+/**
+ * A context of one more value than its parent: what `setValue` makes, without the copy of
+ * the parent's values into a new Map that OpenTelemetry's BaseContext makes each time.
+ * dsat makes a few per task and per attempt (the parent a trace context names, a span's, a
+ * task id's); as Maps they were a visible part of what tracing cost a worker, sampled or
+ * not.
+ */
+export class ChainContext implements Context {
+  readonly #parent: Context;
+  readonly #key: symbol;
+  readonly #value: unknown;
+
+  constructor(parent: Context, key: symbol, value: unknown) {
+    this.#parent = parent;
+    this.#key = key;
+    this.#value = value;
+  }
+
+  getValue(key: symbol): unknown {
+    return key === this.#key ? this.#value : this.#parent.getValue(key);
+  }
+
+  setValue(key: symbol, value: unknown): Context {
+    return new ChainContext(this, key, value);
+  }
+
+  deleteValue(key: symbol): Context {
+    return new ChainContext(this, key, undefined);
+  }
 }
 
 /** Only the trace context headers of a header map (for gRPC metadata). */
