@@ -81,12 +81,6 @@ function decodeOutput(bytes: Uint8Array): unknown {
 
 const TASK_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 
-/**
- * The router: accepts tasks, keeps one Process stream per live worker it sees in etcd,
- * picks a worker for each stage round-robin among those with a free slot (a stage queue
- * when none has one), reports every transition to StatusService, and moves each output
- * on to the stages the pipeline graph names.
- */
 /** A task as the router drives it, before any stage starts. */
 function newRun(task: Task, pipeline: Pipeline, state: State): TaskRun {
   return {
@@ -106,6 +100,12 @@ function newRun(task: Task, pipeline: Pipeline, state: State): TaskRun {
 const CLOSE_FLUSH_MS = 10_000;
 const EMPTY_BYTES = new Uint8Array(0);
 
+/**
+ * The router: accepts tasks, keeps one Process stream per live worker it sees in etcd,
+ * picks a worker for each stage round-robin among those with a free slot (a stage queue
+ * when none has one), reports every transition to StatusService, and moves each output
+ * on to the stages the pipeline graph names.
+ */
 export class RouterServer {
   readonly id: string;
   readonly address: string;
