@@ -24,54 +24,32 @@ export function encodeTransitionField(fieldNo: number, t: Transition): Buffer {
   const time = t.time ? timestampSize(t.time) : -1;
   const error = t.error ? errorSize(t.error) : -1;
   let size = 0;
-  if (taskId) size += 1 + varintSize(taskId) + taskId;
-  if (stage) size += 1 + varintSize(stage) + stage;
+  if (taskId) size += lenFieldSize(taskId);
+  if (stage) size += lenFieldSize(stage);
   if (t.attempt) size += 1 + varintSize(t.attempt);
   if (t.from) size += 1 + varintSize(t.from);
   if (t.to) size += 1 + varintSize(t.to);
-  if (time >= 0) size += 1 + varintSize(time) + time;
-  if (member) size += 1 + varintSize(member) + member;
-  if (error >= 0) size += 1 + varintSize(error) + error;
-  if (t.output.length) size += 1 + varintSize(t.output.length) + t.output.length;
-  if (port) size += 1 + varintSize(port) + port;
+  if (time >= 0) size += lenFieldSize(time);
+  if (member) size += lenFieldSize(member);
+  if (error >= 0) size += lenFieldSize(error);
+  if (t.output.length) size += lenFieldSize(t.output.length);
+  if (port) size += lenFieldSize(port);
   if (t.seq) size += 1 + bigVarintSize(t.seq);
-  if (detail) size += 1 + varintSize(detail) + detail;
-  if (worker) size += 1 + varintSize(worker) + worker;
+  if (detail) size += lenFieldSize(detail);
+  if (worker) size += lenFieldSize(worker);
 
   const out = Buffer.allocUnsafe(varintSize(tag) + varintSize(size) + size);
   let p = writeVarint(out, 0, tag);
   p = writeVarint(out, p, size);
   if (taskId) p = writeString(out, p, 0x0a, t.taskId, taskId);
   if (stage) p = writeString(out, p, 0x12, t.stage, stage);
-  if (t.attempt) {
-    out[p++] = 0x18;
-    p = writeVarint(out, p, t.attempt);
-  }
-  if (t.from) {
-    out[p++] = 0x20;
-    p = writeVarint(out, p, t.from);
-  }
-  if (t.to) {
-    out[p++] = 0x28;
-    p = writeVarint(out, p, t.to);
-  }
-  if (t.time && time >= 0) {
-    out[p++] = 0x32;
-    p = writeVarint(out, p, time);
-    p = writeTimestamp(out, p, t.time);
-  }
+  if (t.attempt) p = writeVarintField(out, p, 0x18, t.attempt);
+  if (t.from) p = writeVarintField(out, p, 0x20, t.from);
+  if (t.to) p = writeVarintField(out, p, 0x28, t.to);
+  if (t.time && time >= 0) p = writeTimestampField(out, p, 0x32, t.time, time);
   if (member) p = writeString(out, p, 0x3a, t.memberId, member);
-  if (t.error && error >= 0) {
-    out[p++] = 0x42;
-    p = writeVarint(out, p, error);
-    p = writeError(out, p, t.error);
-  }
-  if (t.output.length) {
-    out[p++] = 0x4a;
-    p = writeVarint(out, p, t.output.length);
-    out.set(t.output, p);
-    p += t.output.length;
-  }
+  if (t.error && error >= 0) p = writeErrorField(out, p, 0x42, t.error, error);
+  if (t.output.length) p = writeBytesField(out, p, 0x4a, t.output);
   if (port) p = writeString(out, p, 0x52, t.port, port);
   if (t.seq) {
     out[p++] = 0x58;
@@ -119,8 +97,8 @@ export function errorSize(e: TaskError): number {
   const code = Buffer.byteLength(e.code);
   const message = Buffer.byteLength(e.message);
   let n = 0;
-  if (code) n += 1 + varintSize(code) + code;
-  if (message) n += 1 + varintSize(message) + message;
+  if (code) n += lenFieldSize(code);
+  if (message) n += lenFieldSize(message);
   if (e.retryable) n += 2;
   return n;
 }
@@ -141,6 +119,36 @@ export function writeString(out: Buffer, p: number, tag: number, s: string, byte
   out[p++] = tag;
   p = writeVarint(out, p, bytes);
   return p + out.write(s, p, bytes, "utf8");
+}
+
+// Fields with a one-byte tag (field numbers below 16), as every encoder here writes them.
+
+/** Bytes of a length-delimited field whose body is `len` bytes. */
+export function lenFieldSize(len: number): number {
+  return 1 + varintSize(len) + len;
+}
+
+/** A varint field (uint32, enum, a non-negative int32). */
+export function writeVarintField(out: Buffer, p: number, tag: number, n: number): number {
+  out[p++] = tag;
+  return writeVarint(out, p, n);
+}
+
+/** A bytes field. */
+export function writeBytesField(out: Buffer, p: number, tag: number, bytes: Uint8Array): number {
+  p = writeVarintField(out, p, tag, bytes.length);
+  out.set(bytes, p);
+  return p + bytes.length;
+}
+
+/** A Timestamp or Duration field whose body, timestampSize(ts), is `size` bytes. */
+export function writeTimestampField(out: Buffer, p: number, tag: number, ts: SecondsNanos, size: number): number {
+  return writeTimestamp(out, writeVarintField(out, p, tag, size), ts);
+}
+
+/** A TaskError field whose body, errorSize(e), is `size` bytes. */
+export function writeErrorField(out: Buffer, p: number, tag: number, e: TaskError, size: number): number {
+  return writeError(out, writeVarintField(out, p, tag, size), e);
 }
 
 /** Size of an unsigned varint of a number below 2^32. */

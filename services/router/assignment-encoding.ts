@@ -1,7 +1,17 @@
 import { toBinary } from "@bufbuild/protobuf";
 import { WireType } from "@bufbuild/protobuf/wire";
 import { type Assignment, AssignmentSchema, type ProcessRequest, type Task, TaskSchema } from "@dsat/sdk";
-import { lengthDelimited, timestampSize, varintSize, writeString, writeTimestamp, writeVarint } from "../common/transition-encoding.ts";
+import {
+  lenFieldSize,
+  lengthDelimited,
+  timestampSize,
+  varintSize,
+  writeBytesField,
+  writeString,
+  writeTimestampField,
+  writeVarint,
+  writeVarintField,
+} from "../common/transition-encoding.ts";
 
 // The router sends every stage of every task to a worker as an Assignment, whose Task is the
 // same for each stage but for its payload (the stage's input) and its headers (the trace
@@ -41,49 +51,35 @@ export function encodeAssignmentValue(a: Assignment): Uint8Array {
   // Task: the shared fields, then payload (4) and headers (5, one map entry each).
   const payload = task.payload.length;
   let taskLen = base.length;
-  if (payload > 0) taskLen += 1 + varintSize(payload) + payload;
+  if (payload > 0) taskLen += lenFieldSize(payload);
   const headers = Object.entries(task.headers).map(([k, v]) => {
     const kb = Buffer.byteLength(k);
     const vb = Buffer.byteLength(v);
-    const entry = 1 + varintSize(kb) + kb + 1 + varintSize(vb) + vb;
-    taskLen += 1 + varintSize(entry) + entry;
+    const entry = lenFieldSize(kb) + lenFieldSize(vb);
+    taskLen += lenFieldSize(entry);
     return { k, v, kb, vb, entry };
   });
   const stage = Buffer.byteLength(a.stage);
   const timeout = a.timeout ? timestampSize(a.timeout) : -1;
-  let len = 1 + varintSize(taskLen) + taskLen;
-  if (stage > 0) len += 1 + varintSize(stage) + stage;
+  let len = lenFieldSize(taskLen);
+  if (stage > 0) len += lenFieldSize(stage);
   if (a.attempt !== 0) len += 1 + varintSize(a.attempt);
-  if (timeout >= 0) len += 1 + varintSize(timeout) + timeout;
+  if (timeout >= 0) len += lenFieldSize(timeout);
 
   const out = Buffer.allocUnsafe(varintSize(len) + len);
   let p = writeVarint(out, 0, len);
-  out[p++] = 0x0a;
-  p = writeVarint(out, p, taskLen);
+  p = writeVarintField(out, p, 0x0a, taskLen);
   out.set(base, p);
   p += base.length;
-  if (payload > 0) {
-    out[p++] = 0x22;
-    p = writeVarint(out, p, payload);
-    out.set(task.payload, p);
-    p += payload;
-  }
+  if (payload > 0) p = writeBytesField(out, p, 0x22, task.payload);
   for (const h of headers) {
-    out[p++] = 0x2a;
-    p = writeVarint(out, p, h.entry);
+    p = writeVarintField(out, p, 0x2a, h.entry);
     p = writeString(out, p, 0x0a, h.k, h.kb);
     p = writeString(out, p, 0x12, h.v, h.vb);
   }
   if (stage > 0) p = writeString(out, p, 0x12, a.stage, stage);
-  if (a.attempt !== 0) {
-    out[p++] = 0x18;
-    p = writeVarint(out, p, a.attempt);
-  }
-  if (a.timeout && timeout >= 0) {
-    out[p++] = 0x22;
-    p = writeVarint(out, p, timeout);
-    p = writeTimestamp(out, p, a.timeout);
-  }
+  if (a.attempt !== 0) p = writeVarintField(out, p, 0x18, a.attempt);
+  if (a.timeout && timeout >= 0) p = writeTimestampField(out, p, 0x22, a.timeout, timeout);
   if (p !== out.length) throw new Error(`assignment encoding: wrote ${p} bytes of ${out.length}`);
   return out;
 }

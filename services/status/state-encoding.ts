@@ -12,15 +12,17 @@ import {
   encodeTransitionField,
   errorSize,
   int32Size,
+  lenFieldSize,
   lengthDelimited,
   timestampSize,
   varintSize,
   writeBigVarint,
-  writeError,
+  writeBytesField,
+  writeErrorField,
   writeInt32,
   writeString,
-  writeTimestamp,
-  writeVarint,
+  writeTimestampField,
+  writeVarintField,
 } from "../common/transition-encoding.ts";
 
 /**
@@ -115,13 +117,13 @@ export function encodeStateRest(state: TaskState): Uint8Array {
   for (const st of state.stages) {
     const n = stageSize(st);
     stageSizes.push(n);
-    size += 1 + varintSize(n) + n;
+    size += lenFieldSize(n);
   }
-  if (state.output.length) size += 1 + varintSize(state.output.length) + state.output.length;
-  if (error >= 0) size += 1 + varintSize(error) + error;
-  if (updated >= 0) size += 1 + varintSize(updated) + updated;
+  if (state.output.length) size += lenFieldSize(state.output.length);
+  if (error >= 0) size += lenFieldSize(error);
+  if (updated >= 0) size += lenFieldSize(updated);
   if (state.seq) size += 1 + bigVarintSize(state.seq);
-  if (routerId) size += 1 + varintSize(routerId) + routerId;
+  if (routerId) size += lenFieldSize(routerId);
 
   const out = Buffer.allocUnsafe(size);
   let p = 0;
@@ -130,26 +132,11 @@ export function encodeStateRest(state: TaskState): Uint8Array {
     p = writeInt32(out, p, state.state);
   }
   state.stages.forEach((st, i) => {
-    out[p++] = 0x1a;
-    p = writeVarint(out, p, stageSizes[i] as number);
-    p = writeStage(out, p, st);
+    p = writeStage(out, writeVarintField(out, p, 0x1a, stageSizes[i] as number), st);
   });
-  if (state.output.length) {
-    out[p++] = 0x22;
-    p = writeVarint(out, p, state.output.length);
-    out.set(state.output, p);
-    p += state.output.length;
-  }
-  if (state.error && error >= 0) {
-    out[p++] = 0x2a;
-    p = writeVarint(out, p, error);
-    p = writeError(out, p, state.error);
-  }
-  if (state.updatedAt && updated >= 0) {
-    out[p++] = 0x32;
-    p = writeVarint(out, p, updated);
-    p = writeTimestamp(out, p, state.updatedAt);
-  }
+  if (state.output.length) p = writeBytesField(out, p, 0x22, state.output);
+  if (state.error && error >= 0) p = writeErrorField(out, p, 0x2a, state.error, error);
+  if (state.updatedAt && updated >= 0) p = writeTimestampField(out, p, 0x32, state.updatedAt, updated);
   if (state.seq) {
     out[p++] = 0x38;
     p = writeBigVarint(out, p, state.seq);
@@ -163,22 +150,13 @@ function stageSize(st: StageState): number {
   const name = Buffer.byteLength(st.name);
   const worker = Buffer.byteLength(st.workerId);
   let n = 0;
-  if (name) n += 1 + varintSize(name) + name;
+  if (name) n += lenFieldSize(name);
   if (st.state) n += 1 + int32Size(st.state);
   if (st.attempt) n += 1 + varintSize(st.attempt);
-  if (worker) n += 1 + varintSize(worker) + worker;
-  if (st.error) {
-    const e = errorSize(st.error);
-    n += 1 + varintSize(e) + e;
-  }
-  if (st.startedAt) {
-    const t = timestampSize(st.startedAt);
-    n += 1 + varintSize(t) + t;
-  }
-  if (st.endedAt) {
-    const t = timestampSize(st.endedAt);
-    n += 1 + varintSize(t) + t;
-  }
+  if (worker) n += lenFieldSize(worker);
+  if (st.error) n += lenFieldSize(errorSize(st.error));
+  if (st.startedAt) n += lenFieldSize(timestampSize(st.startedAt));
+  if (st.endedAt) n += lenFieldSize(timestampSize(st.endedAt));
   return n;
 }
 
@@ -190,25 +168,10 @@ function writeStage(out: Buffer, p: number, st: StageState): number {
     out[p++] = 0x10;
     p = writeInt32(out, p, st.state);
   }
-  if (st.attempt) {
-    out[p++] = 0x18;
-    p = writeVarint(out, p, st.attempt);
-  }
+  if (st.attempt) p = writeVarintField(out, p, 0x18, st.attempt);
   if (worker) p = writeString(out, p, 0x22, st.workerId, worker);
-  if (st.error) {
-    out[p++] = 0x2a;
-    p = writeVarint(out, p, errorSize(st.error));
-    p = writeError(out, p, st.error);
-  }
-  if (st.startedAt) {
-    out[p++] = 0x32;
-    p = writeVarint(out, p, timestampSize(st.startedAt));
-    p = writeTimestamp(out, p, st.startedAt);
-  }
-  if (st.endedAt) {
-    out[p++] = 0x3a;
-    p = writeVarint(out, p, timestampSize(st.endedAt));
-    p = writeTimestamp(out, p, st.endedAt);
-  }
+  if (st.error) p = writeErrorField(out, p, 0x2a, st.error, errorSize(st.error));
+  if (st.startedAt) p = writeTimestampField(out, p, 0x32, st.startedAt, timestampSize(st.startedAt));
+  if (st.endedAt) p = writeTimestampField(out, p, 0x3a, st.endedAt, timestampSize(st.endedAt));
   return p;
 }
