@@ -33,6 +33,7 @@ import {
 import type { Resource } from "@opentelemetry/resources";
 import type { ReadableSpan, Sampler, SpanLimits, SpanProcessor, TimedEvent } from "@opentelemetry/sdk-trace";
 import { randomFillSync } from "node:crypto";
+import { withSpan } from "./trace-context.ts";
 
 // dsat's own spans (a task's `submit`, its `dispatch`es, a worker's `run`) are made by this
 // tracer rather than the OpenTelemetry SDK's when dsat's OTLP exporter is in use (the
@@ -467,6 +468,6 @@ export class DsatTracer implements Tracer {
     if (!fn) return undefined;
     const parent = ctx ?? context.active();
     const span = this.startSpan(name, options, parent);
-    return context.with(trace.setSpan(parent, span), fn as (s: Span) => ReturnType<F>, undefined, span);
+    return context.with(withSpan(span, parent), fn as (s: Span) => ReturnType<F>, undefined, span);
   }
 }
