@@ -2,6 +2,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { DSAT_VERSION } from "@dsat/sdk";
 import test from "ava";
 import { startEtcd, type TestEtcd } from "./helpers/etcd.ts";
 import { ROOT } from "./helpers/processes.ts";
@@ -48,7 +49,7 @@ test.serial("dsat up runs a satellite that the other commands drive; Ctrl-C stop
   t.regex(members.out, /^KIND\s+ID\s+ADDRESS\s+STAGE\s+VERSION\s+LOAD/m);
   t.regex(members.out, /^router\s/m);
   t.regex(members.out, /^status\s/m);
-  t.regex(members.out, /^worker\s+\S+\s+127\.0\.0\.1:\d+\s+classify\s+0\.1\.0\s+\d+\/32/m);
+  t.regex(members.out, new RegExp(`^worker\\s+\\S+\\s+127\\.0\\.0\\.1:\\d+\\s+classify\\s+${DSAT_VERSION.replaceAll(".", "\\.")}\\s+\\d+/32`, "m"));
 
   const top = dsat("top", "--once", "--etcd", etcd.endpoint);
   t.is(top.code, 0, top.err);

@@ -8,7 +8,7 @@ import { dirname, join, relative, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import test from "ava";
-import { createClient, stateName } from "@dsat/sdk";
+import { createClient, DSAT_VERSION, stateName } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
 import { ROOT, startProcess } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
@@ -54,7 +54,7 @@ process.on("SIGTERM", async () => {
 `;
 
 const CLIENT_MJS = `
-import { createClient, stateName } from "@dsat/sdk";
+import { createClient, DSAT_VERSION, stateName } from "@dsat/sdk";
 
 const client = createClient({ etcd: process.env.DSAT_ETCD, timeoutMs: 10_000 });
 const out = { sdk: import.meta.resolve("@dsat/sdk") };
@@ -199,7 +199,7 @@ test.serial("installed from the tarball, a plain .mjs worker and client run a ta
   await run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error", tarball], { cwd: dir });
   t.log(`npm install of the tarball took ${Date.now() - started} ms`);
   const installed = JSON.parse(readFileSync(join(dir, "node_modules/@dsat/sdk/package.json"), "utf8")) as { version: string };
-  t.is(installed.version, "0.1.0");
+  t.is(installed.version, DSAT_VERSION);
 
   // The worker, from the installed package.
   const m = mesh!;

@@ -8,7 +8,9 @@ import {
   Keys,
   listMembers,
   MemberKind,
+  MemberSchema,
   PipelineService,
+  registerMember,
   type PipelineSchema,
   State,
   StatusService,
@@ -546,6 +548,50 @@ test("two instances reporting interleaved transitions of the same 50 tasks lose 
 });
 
 // ---------------------------------------------------------------------------- membership
+
+test("task states are stored compact while every status server reads them, whole while an older one is registered", async (t) => {
+  const both = () => [server, other];
+  await waitFor(() => both().every((s) => s.compactHistory), { what: "both status servers to write compact states" });
+  const raw = async (id: string) => {
+    const buf = await kv.get(new Keys().task(id)).buffer();
+    if (!buf) throw new Error(`task ${id} is not stored`);
+    return fromBinary(TaskStateSchema, buf);
+  };
+  const run = async (id: string) => {
+    await createTasks([id]);
+    const res = await status().report({ transitions: lifecycle(id, ["a", "b"]) });
+    t.true(res.transitions.every((o) => o.accepted));
+  };
+
+  const compact = `compact-${Date.now()}`;
+  await run(compact);
+  const stored1 = await raw(compact);
+  t.is(stored1.history.length, 11);
+  t.true(stored1.history.every((h) => h.taskId === ""), "compact: no task id in the stored history");
+  // Every reader through StatusService sees whole transitions, from either server.
+  for (const address of [server.address, other.address]) {
+    const got = await clientTo(StatusService, address).getState({ taskId: compact, includeHistory: true });
+    t.deepEqual(got.state?.history.map((h) => h.taskId), Array(11).fill(compact));
+    const w = watch(compact, 0n, address);
+    t.deepEqual((await w.done).map((h) => h.taskId), Array(11).fill(compact));
+  }
+
+  // A status server of dsat 0.1.0 joins: the others write whole states until it leaves.
+  const old = await registerMember(
+    kv,
+    create(MemberSchema, { id: "status-0.1.0", kind: MemberKind.STATUS, address: "127.0.0.1:9", version: "0.1.0" }),
+    { leaseTtlSeconds: 10 },
+  );
+  try {
+    await waitFor(() => both().every((s) => !s.compactHistory), { what: "both status servers to write whole states" });
+    const whole = `whole-${Date.now()}`;
+    await run(whole);
+    t.deepEqual((await raw(whole)).history.map((h) => h.taskId), Array(11).fill(whole));
+  } finally {
+    await old.close();
+  }
+  await waitFor(() => both().every((s) => s.compactHistory), { what: "compact states again once the old server left" });
+});
 
 test("a StatusServer registers as a STATUS member and leaves on close", async (t) => {
   const extra = await StatusServer.start({ etcd: etcd.endpoint, id: "status-extra" });

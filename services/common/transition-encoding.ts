@@ -9,13 +9,16 @@ import { type TaskError, type Transition, TransitionSchema } from "@dsat/sdk";
  * Its bytes are the same as `toBinary(TransitionSchema, t)`'s (fields in number order,
  * defaults left out), which `transition-encoding.test.ts` checks; a transition that
  * carries unknown fields (from a newer peer) goes through toBinary so that nothing is lost.
+ *
+ * `withTaskId` false leaves the task id out (a stored task state's history: the record's
+ * task has it; see `decodeStoredState` in services/status/state-encoding.ts).
  */
-export function encodeTransitionField(fieldNo: number, t: Transition): Buffer {
+export function encodeTransitionField(fieldNo: number, t: Transition, withTaskId = true): Buffer {
   const tag = (fieldNo << 3) | 2;
   if (t.$unknown?.length || t.time?.$unknown?.length || t.error?.$unknown?.length) {
-    return lengthDelimited(fieldNo, toBinary(TransitionSchema, t));
+    return lengthDelimited(fieldNo, toBinary(TransitionSchema, withTaskId ? t : { ...t, taskId: "" }));
   }
-  const taskId = Buffer.byteLength(t.taskId);
+  const taskId = withTaskId ? Buffer.byteLength(t.taskId) : 0;
   const stage = Buffer.byteLength(t.stage);
   const member = Buffer.byteLength(t.memberId);
   const port = Buffer.byteLength(t.port);

@@ -1,4 +1,4 @@
-import { clone, equals, fromBinary, fromJsonString, type MessageInitShape, toJsonString } from "@bufbuild/protobuf";
+import { clone, equals, fromJsonString, type MessageInitShape, toJsonString } from "@bufbuild/protobuf";
 import type { GenService, GenServiceMethods } from "@bufbuild/protobuf/codegenv2";
 import {
   addService,
@@ -18,7 +18,6 @@ import {
   type ServiceHandlers,
   StatusService,
   type TaskState,
-  TaskStateSchema,
   toDsatError,
   type Transition,
   validatePipeline,
@@ -28,6 +27,7 @@ import {
 import * as grpc from "@grpc/grpc-js";
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, SortOrder, SortTarget, type Watcher } from "etcd3";
 import { decodeReportRequest } from "./report-decoding.ts";
+import { decodeStoredState } from "./state-encoding.ts";
 import type { TaskStore } from "./task-store.ts";
 import { Topology } from "./topology.ts";
 
@@ -177,7 +177,7 @@ export class StatusHandlers {
         w.on("put", (kv) => {
           if (finished || watcher !== w) return;
           restarts = 0;
-          if (sendNew(fromBinary(TaskStateSchema, kv.value))) finish();
+          if (sendNew(decodeStoredState(kv.value))) finish();
         });
         w.on("delete", () => {
           if (watcher === w) finish(dsatError(Code.NotFound, `task "${taskId}" was deleted`));
@@ -249,7 +249,7 @@ export class StatusHandlers {
       });
       for (const [i, kv] of res.kvs.entries()) {
         scanned++;
-        const s = fromBinary(TaskStateSchema, kv.value);
+        const s = decodeStoredState(kv.value);
         if (!pick(s)) continue;
         matches.push(s);
         if (matches.length === pageSize) {

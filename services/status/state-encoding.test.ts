@@ -3,7 +3,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { State, TaskSchema, type TaskState, TaskStateSchema, TransitionSchema } from "@dsat/sdk";
 import test from "ava";
 import { applyCreate, applyTransition } from "./apply-transition.ts";
-import { encodeStateRest, encodeTaskState, workingCopy } from "./state-encoding.ts";
+import { allReadCompact, decodeStoredState, encodeStateRest, encodeTaskState, workingCopy } from "./state-encoding.ts";
 
 const now = timestampFromMs(1_700_000_000_000);
 
@@ -56,6 +56,64 @@ test("a state read back from etcd (no pieces) or with another task is encoded wh
   other.history = [];
   const { value } = encodeTaskState(other, parts);
   t.true(equals(TaskStateSchema, fromBinary(TaskStateSchema, value), other));
+});
+
+test("a compact state leaves the task id out of its history; decodeStoredState puts it back, put after put", (t) => {
+  let state = created();
+  let whole = encodeTaskState(state, undefined);
+  let compact = encodeTaskState(state, undefined, true);
+  const steps: [State, State][] = [
+    [State.UNSPECIFIED, State.PENDING],
+    [State.PENDING, State.DISPATCHED],
+    [State.DISPATCHED, State.RUNNING],
+    [State.RUNNING, State.SUCCEEDED],
+  ];
+  for (const [from, to] of steps) {
+    const next = workingCopy(state);
+    step(next, "a", from, to);
+    whole = encodeTaskState(next, whole.parts);
+    compact = encodeTaskState(next, compact.parts, true);
+    t.true(equals(TaskStateSchema, decodeStoredState(compact.value), next));
+    // What a reader that does not know compact states (a status server before 0.1.1) sees.
+    const plain = fromBinary(TaskStateSchema, compact.value);
+    t.deepEqual(plain.history.map((h) => h.taskId), next.history.map(() => ""));
+    // Each entry is shorter by "t1" with its tag and length byte.
+    t.is(whole.value.length - compact.value.length, 4 * next.history.length);
+    // A whole state decodes the same either way.
+    t.true(equals(TaskStateSchema, decodeStoredState(whole.value), next));
+    state = next;
+  }
+});
+
+test("a task's states may switch between whole and compact from one put to the next", (t) => {
+  let state = created();
+  let { parts } = encodeTaskState(state, undefined);
+  for (const [i, [from, to]] of ([
+    [State.UNSPECIFIED, State.PENDING],
+    [State.PENDING, State.DISPATCHED],
+    [State.DISPATCHED, State.RUNNING],
+  ] as [State, State][]).entries()) {
+    const next = workingCopy(state);
+    step(next, "a", from, to);
+    const compact = i % 2 === 0;
+    const encoded = encodeTaskState(next, parts, compact);
+    // Every entry in the mode of this put: none kept from the other mode.
+    t.deepEqual(
+      fromBinary(TaskStateSchema, encoded.value).history.map((h) => h.taskId),
+      next.history.map(() => (compact ? "" : "t1")),
+    );
+    t.true(equals(TaskStateSchema, decodeStoredState(encoded.value), next));
+    parts = encoded.parts;
+    state = next;
+  }
+});
+
+test("compact states are written only while every status server seen reads them", (t) => {
+  t.false(allReadCompact([]), "no status server seen yet, not even this one");
+  t.true(allReadCompact(["0.1.1"]));
+  t.true(allReadCompact(["0.1.1", "0.1.z", "0.2.0", "1.0.0"]));
+  t.false(allReadCompact(["0.1.1", "0.1.0"]));
+  t.false(allReadCompact(["0.1.1", "not a version"]));
 });
 
 test("the fields besides task and history: the same bytes as toBinary, for states of every shape", (t) => {

@@ -1,5 +1,6 @@
-import { toBinary } from "@bufbuild/protobuf";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
+  compareVersions,
   type StageState,
   type Task,
   TaskSchema,
@@ -32,7 +33,34 @@ import {
  * message's fields come in any order and a repeated field in pieces, so the pieces,
  * concatenated, are a valid encoding of the whole TaskState, which any reader decodes as
  * usual.
+ *
+ * A compact state (see `encodeTaskState`) leaves the task id out of its history's entries:
+ * it is the record's own task id, and it was about a third of a stored task's bytes.
+ * `decodeStoredState` puts it back, so every reader of StatusService sees whole
+ * transitions. Status servers before dsat 0.1.1 do not, which is why a status server
+ * writes compact states only while every status server it sees is 0.1.1 or later.
  */
+
+/** The first dsat version whose status servers read compact task states. */
+export const COMPACT_HISTORY_SINCE = "0.1.1";
+
+/**
+ * Whether status servers that announce these versions all read compact task states
+ * (none: false, for a status server that does not see itself yet). A version that does
+ * not parse reads them not.
+ */
+export function allReadCompact(versions: Iterable<string>): boolean {
+  let any = false;
+  for (const v of versions) {
+    any = true;
+    try {
+      if (compareVersions(v, COMPACT_HISTORY_SINCE) < 0) return false;
+    } catch {
+      return false;
+    }
+  }
+  return any;
+}
 
 /** Field numbers of dsat.v1.TaskState (proto/dsat/v1/task.proto). */
 const TASK_FIELD = 1;
@@ -48,13 +76,21 @@ export interface EncodedParts {
   readonly history: readonly Uint8Array[];
   /** The history entries those bytes encode, to check that the next state starts with them. */
   readonly historyRefs: readonly Transition[];
+  /** Whether the history entries leave out the task id. */
+  readonly compact: boolean;
 }
 
-/** Encodes `state` as a dsat.v1.TaskState, reusing what `previous` encoded of the same task. */
+/**
+ * Encodes `state` as a dsat.v1.TaskState, reusing what `previous` encoded of the same task
+ * (when it was encoded the same way). `compact`: the history's entries leave out the task
+ * id (read such a state with `decodeStoredState`).
+ */
 export function encodeTaskState(
   state: TaskState,
   previous: EncodedParts | undefined,
+  compact = false,
 ): { value: Buffer; parts: EncodedParts } {
+  if (previous && previous.compact !== compact) previous = { ...previous, history: [], historyRefs: [] };
   const taskBytes =
     previous && previous.task === state.task
       ? previous.taskBytes
@@ -66,11 +102,24 @@ export function encodeTaskState(
   const reused = previous ? commonPrefix(state.history, previous.historyRefs) : 0;
   const history = previous ? previous.history.slice(0, reused) : [];
   for (let i = reused; i < state.history.length; i++) {
-    history.push(encodeTransitionField(HISTORY_FIELD, state.history[i] as Transition));
+    history.push(encodeTransitionField(HISTORY_FIELD, state.history[i] as Transition, !compact));
   }
   const rest = encodeStateRest(state);
   const value = Buffer.concat([taskBytes, rest, ...history]);
-  return { value, parts: { task: state.task, taskBytes, history, historyRefs: state.history.slice() } };
+  return { value, parts: { task: state.task, taskBytes, history, historyRefs: state.history.slice(), compact } };
+}
+
+/**
+ * Decodes a task state as stored in etcd: a history entry without a task id (a compact
+ * state's) gets the record's task id back.
+ */
+export function decodeStoredState(bytes: Uint8Array): TaskState {
+  const state = fromBinary(TaskStateSchema, bytes);
+  const id = state.task?.id;
+  if (id) {
+    for (const t of state.history) if (!t.taskId) t.taskId = id;
+  }
+  return state;
 }
 
 /**

@@ -11,6 +11,7 @@ import {
   createLogger,
   MemberKind,
   MemberSchema,
+  MemberWatcher,
   PipelineService,
   type Registration,
   type RunningGrpcServer,
@@ -24,6 +25,7 @@ import type { Etcd3 } from "etcd3";
 import { DEFAULT_ETCD_SPACE_OPTIONS, EtcdSpaceWatch } from "./etcd-space.ts";
 import { PipelineHandlers, StatusHandlers } from "./handlers.ts";
 import { resolveStatusOptions, type StatusOptions } from "./options.ts";
+import { allReadCompact, COMPACT_HISTORY_SINCE } from "./state-encoding.ts";
 import { TaskStore } from "./task-store.ts";
 
 /** How long close() lets running calls finish before it cuts them, in milliseconds. */
@@ -48,6 +50,7 @@ export class StatusServer {
   readonly #store: TaskStore;
   readonly #status: StatusHandlers;
   readonly #space: EtcdSpaceWatch;
+  readonly #peers: MemberWatcher;
   readonly #log: Logger;
   #closing: Promise<void> | undefined;
 
@@ -60,6 +63,7 @@ export class StatusServer {
     store: TaskStore;
     status: StatusHandlers;
     space: EtcdSpaceWatch;
+    peers: MemberWatcher;
     log: Logger;
   }) {
     this.options = Object.freeze(init.options);
@@ -72,7 +76,13 @@ export class StatusServer {
     this.#store = init.store;
     this.#space = init.space;
     this.#status = init.status;
+    this.#peers = init.peers;
     this.#log = init.log;
+  }
+
+  /** Whether this server writes compact task states now (see state-encoding.ts). */
+  get compactHistory(): boolean {
+    return this.#store.compactHistory;
   }
 
   /**
@@ -86,6 +96,7 @@ export class StatusServer {
     const log = createLogger({ service: "status", id: opts.id });
     const keys = new Keys(opts.prefix);
     let grpcServer: RunningGrpcServer | undefined;
+    let peers: MemberWatcher | undefined;
     try {
       await checkEtcd(etcd, opts);
       const store = new TaskStore(etcd, opts, log);
@@ -116,6 +127,7 @@ export class StatusServer {
       registration.on("lost", (err: unknown) => {
         log.warn("membership lease lost; registering again", { error: toDsatError(err).message });
       });
+      peers = await watchStatusPeers(etcd, keys, store, log);
       grpcServer.health.setAll(ServingStatus.SERVING);
       log.info("serving", { address: grpcServer.address });
       const space = new EtcdSpaceWatch(
@@ -124,8 +136,9 @@ export class StatusServer {
         log,
         opts.metrics,
       );
-      return new StatusServer({ options: opts, etcd, ownsEtcd, grpc: grpcServer, registration, store, status, space, log });
+      return new StatusServer({ options: opts, etcd, ownsEtcd, grpc: grpcServer, registration, store, status, space, peers, log });
     } catch (err) {
+      await peers?.close();
       await grpcServer?.close(0);
       if (ownsEtcd) etcd.close();
       throw toDsatError(err);
@@ -149,10 +162,46 @@ export class StatusServer {
     });
     this.#status.close();
     this.#space.close();
+    await this.#peers.close();
     await this.#grpc.close(CLOSE_GRACE_MS);
     await this.#store.close();
     if (this.#ownsEtcd) this.#etcd.close();
   }
+}
+
+/**
+ * Watches the status servers registered in etcd and keeps `store.compactHistory` true
+ * while every one of them reads compact task states: during a rolling upgrade from an
+ * older dsat the new servers write whole ones until the last old server has left.
+ */
+async function watchStatusPeers(etcd: Etcd3, keys: Keys, store: TaskStore, log: Logger): Promise<MemberWatcher> {
+  const peers = new MemberWatcher(etcd, keys.membersOf("status"));
+  let pending = false;
+  const decide = () => {
+    pending = false;
+    const compact = allReadCompact([...peers.members.values()].map((m) => m.version));
+    if (compact === store.compactHistory) return;
+    store.compactHistory = compact;
+    if (compact) {
+      log.info("every status server reads compact task states: writing them without the task id in each history entry");
+    } else {
+      const old = [...peers.members.values()].filter((m) => !allReadCompact([m.version])).map((m) => `${m.id} (${m.version})`);
+      log.info("writing whole task states: not every status server reads compact ones", {
+        [`older than ${COMPACT_HISTORY_SINCE}`]: old.join(", ") || "none seen yet",
+      });
+    }
+  };
+  // A snapshot after a reconnection comes as many events at once: decide after the last.
+  const later = () => {
+    if (pending) return;
+    pending = true;
+    queueMicrotask(decide);
+  };
+  await peers.start();
+  decide();
+  peers.on("up", later);
+  peers.on("down", later);
+  return peers;
 }
 
 /** The first etcd call, bounded: a clear UNAVAILABLE rather than a long hang. */

@@ -1,4 +1,4 @@
-import { clone, create, fromBinary } from "@bufbuild/protobuf";
+import { clone, create } from "@bufbuild/protobuf";
 import { type Timestamp, timestampNow } from "@bufbuild/protobuf/wkt";
 import {
   Code,
@@ -22,7 +22,7 @@ import { laneOf } from "../common/lanes.ts";
 import { type Counter, type Histogram, SIZE_BUCKETS } from "../common/metrics.ts";
 import { RetentionLeases } from "./retention.ts";
 import { applyClaim, applyCreate, applyTransition, type Outcome } from "./apply-transition.ts";
-import { encodeTaskState, type EncodedParts, workingCopy } from "./state-encoding.ts";
+import { decodeStoredState, encodeTaskState, type EncodedParts, workingCopy } from "./state-encoding.ts";
 import type { StatusOptions } from "./options.ts";
 
 /** The options a TaskStore uses. */
@@ -74,6 +74,12 @@ export class TaskStore {
   #closed = false;
   readonly #txns: Counter | undefined;
   readonly #txnKeys: Histogram | undefined;
+  /**
+   * Write task states compact: their history's entries without the task id (see
+   * state-encoding.ts). Only while every status server reads them; the StatusServer keeps
+   * this up to date from the status members' versions. Default false.
+   */
+  compactHistory = false;
 
   constructor(etcd: Etcd3, options: TaskStoreOptions, logger: Logger) {
     this.#etcd = etcd;
@@ -170,7 +176,7 @@ export class TaskStore {
     const kv = res.kvs[0];
     if (!kv) return { stored: undefined, revision: res.header.revision };
     return {
-      stored: { state: fromBinary(TaskStateSchema, kv.value), modRevision: kv.mod_revision, revision: res.header.revision },
+      stored: { state: decodeStoredState(kv.value), modRevision: kv.mod_revision, revision: res.header.revision },
       revision: res.header.revision,
     };
   }
@@ -317,7 +323,7 @@ export class TaskStore {
           this.#cache.delete(g.taskId);
           return;
         }
-        g.base = { state: fromBinary(TaskStateSchema, kv.value), modRevision: kv.mod_revision };
+        g.base = { state: decodeStoredState(kv.value), modRevision: kv.mod_revision };
         this.#cache.set(g.taskId, g.base);
       });
     });
@@ -357,7 +363,7 @@ export class TaskStore {
     if (g.write && state) {
       // Only what changed is encoded: the task (with its payload) and the stored history
       // reuse the bytes of the previous put.
-      const encoded = encodeTaskState(state, g.base?.parts);
+      const encoded = encodeTaskState(state, g.base?.parts, this.compactHistory);
       g.value = encoded.value;
       g.parts = encoded.parts;
     }
@@ -423,7 +429,7 @@ export class TaskStore {
         const kv = current[i];
         if ((kv?.mod_revision ?? "0") === (g.base?.modRevision ?? "0")) return;
         g.conflicts++;
-        g.base = kv ? { state: fromBinary(TaskStateSchema, kv.value), modRevision: kv.mod_revision } : undefined;
+        g.base = kv ? { state: decodeStoredState(kv.value), modRevision: kv.mod_revision } : undefined;
         if (g.base) this.#cache.set(g.taskId, g.base);
         else this.#cache.delete(g.taskId);
       });
