@@ -568,12 +568,17 @@ test("task states are stored compact while every status server reads them, whole
   const stored1 = await raw(compact);
   t.is(stored1.history.length, 11);
   t.true(stored1.history.every((h) => h.taskId === ""), "compact: no task id in the stored history");
+  t.is(stored1.history.at(-1)?.output.length, 0, "compact: the task's result is stored once, in its output");
+  t.is(new TextDecoder().decode(stored1.output), "done");
   // Every reader through StatusService sees whole transitions, from either server.
   for (const address of [server.address, other.address]) {
     const got = await clientTo(StatusService, address).getState({ taskId: compact, includeHistory: true });
     t.deepEqual(got.state?.history.map((h) => h.taskId), Array(11).fill(compact));
+    t.is(new TextDecoder().decode(got.state?.history.at(-1)?.output), "done");
     const w = watch(compact, 0n, address);
-    t.deepEqual((await w.done).map((h) => h.taskId), Array(11).fill(compact));
+    const watched = await w.done;
+    t.deepEqual(watched.map((h) => h.taskId), Array(11).fill(compact));
+    t.is(new TextDecoder().decode(watched.at(-1)?.output), "done");
   }
 
   // A status server of dsat 0.1.0 joins: the others write whole states until it leaves.
@@ -586,7 +591,9 @@ test("task states are stored compact while every status server reads them, whole
     await waitFor(() => both().every((s) => !s.compactHistory), { what: "both status servers to write whole states" });
     const whole = `whole-${Date.now()}`;
     await run(whole);
-    t.deepEqual((await raw(whole)).history.map((h) => h.taskId), Array(11).fill(whole));
+    const stored2 = await raw(whole);
+    t.deepEqual(stored2.history.map((h) => h.taskId), Array(11).fill(whole));
+    t.is(new TextDecoder().decode(stored2.history.at(-1)?.output), "done");
   } finally {
     await old.close();
   }

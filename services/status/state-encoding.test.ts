@@ -58,7 +58,7 @@ test("a state read back from etcd (no pieces) or with another task is encoded wh
   t.true(equals(TaskStateSchema, fromBinary(TaskStateSchema, value), other));
 });
 
-test("a compact state leaves the task id out of its history; decodeStoredState puts it back, put after put", (t) => {
+test("a compact state leaves the task id out of its history, and the task's result out of its end; decodeStoredState puts them back", (t) => {
   let state = created();
   let whole = encodeTaskState(state, undefined);
   let compact = encodeTaskState(state, undefined, true);
@@ -83,6 +83,24 @@ test("a compact state leaves the task id out of its history; decodeStoredState p
     t.true(equals(TaskStateSchema, decodeStoredState(whole.value), next));
     state = next;
   }
+  // The task's own end: its output is the state's, stored once in a compact state.
+  const ended = workingCopy(state);
+  const result = new Uint8Array(100).fill(7);
+  for (const [from, to] of [
+    [State.PENDING, State.RUNNING],
+    [State.RUNNING, State.SUCCEEDED],
+  ]) {
+    const o = applyTransition(ended, create(TransitionSchema, { taskId: "t1", from, to, memberId: "r1", output: to === State.SUCCEEDED ? result : undefined }), now);
+    t.true(o.accepted, o.reason);
+  }
+  whole = encodeTaskState(ended, whole.parts);
+  compact = encodeTaskState(ended, compact.parts, true);
+  const back = decodeStoredState(compact.value);
+  t.true(equals(TaskStateSchema, back, ended));
+  t.deepEqual(Uint8Array.from(back.history.at(-1)?.output ?? []), result);
+  t.deepEqual(fromBinary(TaskStateSchema, compact.value).history.at(-1)?.output, new Uint8Array(0));
+  // The task id in every entry, and the second copy of the result with its tag and length.
+  t.is(whole.value.length - compact.value.length, 4 * ended.history.length + 102);
 });
 
 test("a task's states may switch between whole and compact from one put to the next", (t) => {

@@ -2,6 +2,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import {
   compareVersions,
   type StageState,
+  State,
   type Task,
   TaskSchema,
   type TaskState,
@@ -35,9 +36,10 @@ import {
  * usual.
  *
  * A compact state (see `encodeTaskState`) leaves the task id out of its history's entries:
- * it is the record's own task id, and it was about a third of a stored task's bytes.
- * `decodeStoredState` puts it back, so every reader of StatusService sees whole
- * transitions. Status servers before dsat 0.1.1 do not, which is why a status server
+ * it is the record's own task id, and it was about a third of a stored task's bytes. It
+ * also leaves out the output of the task's own SUCCEEDED transition, which is the state's
+ * `output` (a second copy of the result). `decodeStoredState` puts both back, so every
+ * reader of StatusService sees whole transitions. Status servers before dsat 0.1.1 do not, which is why a status server
  * writes compact states only while every status server it sees is 0.1.1 or later.
  */
 
@@ -102,7 +104,8 @@ export function encodeTaskState(
   const reused = previous ? commonPrefix(state.history, previous.historyRefs) : 0;
   const history = previous ? previous.history.slice(0, reused) : [];
   for (let i = reused; i < state.history.length; i++) {
-    history.push(encodeTransitionField(HISTORY_FIELD, state.history[i] as Transition, !compact));
+    const t = state.history[i] as Transition;
+    history.push(encodeTransitionField(HISTORY_FIELD, compact && isTaskSuccess(t) ? { ...t, output: EMPTY } : t, !compact));
   }
   const rest = encodeStateRest(state);
   const value = Buffer.concat([taskBytes, rest, ...history]);
@@ -115,11 +118,19 @@ export function encodeTaskState(
  */
 export function decodeStoredState(bytes: Uint8Array): TaskState {
   const state = fromBinary(TaskStateSchema, bytes);
-  const id = state.task?.id;
-  if (id) {
-    for (const t of state.history) if (!t.taskId) t.taskId = id;
+  const id = state.task?.id ?? "";
+  for (const t of state.history) {
+    if (!t.taskId) t.taskId = id;
+    if (isTaskSuccess(t) && t.output.length === 0) t.output = state.output;
   }
   return state;
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** The task's own SUCCEEDED transition: its output is the state's (applyTransition sets it so). */
+function isTaskSuccess(t: Transition): boolean {
+  return t.stage === "" && t.to === State.SUCCEEDED;
 }
 
 /**
