@@ -20,9 +20,11 @@ import {
 } from "@dsat/sdk";
 import test from "ava";
 import type { Etcd3 } from "etcd3";
+import { MetricsRegistry } from "../services/common/metrics.ts";
 import { StatusServer } from "../services/status/status-server.ts";
 import { spawn } from "node:child_process";
 import { fillPastQuota, startEtcd, type TestEtcd } from "./helpers/etcd.ts";
+import { parseMetrics } from "./helpers/metrics.ts";
 import { ROOT, startService } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -598,6 +600,33 @@ test("task states are stored compact while every status server reads them, whole
     await old.close();
   }
   await waitFor(() => both().every((s) => s.compactHistory), { what: "compact states again once the old server left" });
+});
+
+test("a status server keeps only unfinished tasks in memory: an ended task read back for a replay is not kept", async (t) => {
+  const metrics = new MetricsRegistry();
+  const fresh = await StatusServer.start({ etcd: etcd.endpoint, metrics });
+  try {
+    const cached = () => parseMetrics(metrics.render()).find((m) => m.name === "dsat_status_cached_tasks")?.value;
+    t.is(cached(), 0);
+    const running = `cache-running-${Date.now()}`;
+    const ended = `cache-ended-${Date.now()}`;
+    // Both driven through the shared server: the fresh one never saw them.
+    await createTasks([running, ended]);
+    const endedSteps = lifecycle(ended, ["a"]);
+    const started = step(running, "", 0, State.PENDING, State.RUNNING);
+    for (const o of (await status().report({ transitions: [...endedSteps, started] })).transitions) t.true(o.accepted, o.reason);
+    // Replays to the fresh server: each task is read from etcd.
+    const last = endedSteps.at(-1) as Transition;
+    const replayed = await clientTo(StatusService, fresh.address).report({ transitions: [last, started] });
+    t.deepEqual(replayed.transitions.map((o) => [o.accepted, o.duplicate]), [[true, true], [true, true]]);
+    t.is(cached(), 1, "the running task is kept, the ended one is not");
+    // The running task ends through the fresh server: it leaves the cache.
+    const end = step(running, "", 0, State.RUNNING, State.FAILED, { error: { code: "E", message: "stopped" } });
+    t.true((await clientTo(StatusService, fresh.address).report({ transitions: [end] })).transitions[0]?.accepted);
+    t.is(cached(), 0);
+  } finally {
+    await fresh.close();
+  }
 });
 
 test("a StatusServer registers as a STATUS member and leaves on close", async (t) => {

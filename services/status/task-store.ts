@@ -94,6 +94,12 @@ export class TaskStore {
       "etcd transactions that wrote task states, by result (committed, conflict: a compare failed, error).",
       ["result"],
     );
+    options.metrics?.gauge(
+      "dsat_status_cached_tasks",
+      "Task states this status server holds in memory: tasks that have not ended, at most --cache-size.",
+      [],
+      () => [[[], this.#cache.size]],
+    );
     this.#txnKeys = options.metrics?.histogram(
       "dsat_status_etcd_txn_keys",
       "Task states written by one etcd transaction (the batch size).",
@@ -306,6 +312,17 @@ export class TaskStore {
     }
   }
 
+  /**
+   * Keeps a task's newest state in the cache, unless the task has ended (or is gone): an
+   * ended task is not written again but for a rare replay, which reads it from etcd, and
+   * keeping it would only fill the old generation of the heap (and the garbage collector's
+   * work) with states that nobody applies to.
+   */
+  #remember(taskId: string, stored: CachedState | undefined): void {
+    if (stored && !isTaskTerminal(stored.state.state)) this.#cache.set(taskId, stored);
+    else this.#cache.delete(taskId);
+  }
+
   /** Reads the states of these groups from etcd into g.base and the cache. */
   async #load(groups: TaskGroup[]): Promise<void> {
     const chunks: TaskGroup[][] = [];
@@ -324,7 +341,7 @@ export class TaskStore {
           return;
         }
         g.base = { state: decodeStoredState(kv.value), modRevision: kv.mod_revision };
-        this.#cache.set(g.taskId, g.base);
+        this.#remember(g.taskId, g.base);
       });
     });
   }
@@ -430,20 +447,13 @@ export class TaskStore {
         if ((kv?.mod_revision ?? "0") === (g.base?.modRevision ?? "0")) return;
         g.conflicts++;
         g.base = kv ? { state: decodeStoredState(kv.value), modRevision: kv.mod_revision } : undefined;
-        if (g.base) this.#cache.set(g.taskId, g.base);
-        else this.#cache.delete(g.taskId);
+        this.#remember(g.taskId, g.base);
       });
       return chunk;
     }
     for (const g of chunk) {
       g.conflicts = 0;
-      if (g.value && g.next) {
-        // An ended task is not written again but for a rare replay, which reads it from
-        // etcd: keeping it would only fill the old generation of the heap (and the garbage
-        // collector's work) with states that nobody applies to.
-        if (g.ended) this.#cache.delete(g.taskId);
-        else this.#cache.set(g.taskId, { state: g.next, modRevision: res.header.revision, parts: g.parts });
-      }
+      if (g.value && g.next) this.#remember(g.taskId, { state: g.next, modRevision: res.header.revision, parts: g.parts });
       this.#settle(g);
     }
     return [];
@@ -633,6 +643,10 @@ class StateCache {
 
   delete(id: string): void {
     this.#map.delete(id);
+  }
+
+  get size(): number {
+    return this.#map.size;
   }
 }
 
