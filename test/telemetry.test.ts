@@ -350,7 +350,17 @@ test.serial("the metrics endpoints agree with the tasks run", async (t) => {
   t.is(get("dsat_router_tasks")[0]?.value, 0);
   t.is(get("dsat_router_status_backlog", { kind: "held" })[0]?.value, 0, "nothing held once every task ended");
   t.is(get("dsat_router_status_backlog", { kind: "queued" })[0]?.value, 0);
-  t.true((get("dsat_router_status_reports")[0]?.value ?? 0) > 0);
+  const reports = get("dsat_router_status_reports")[0]?.value ?? 0;
+  t.true(reports > 0);
+  t.is(get("dsat_router_status_report_seconds_count", { result: "ok" })[0]?.value, reports, "a round trip per Report");
+  t.is(get("dsat_router_status_report_items_count")[0]?.value, reports);
+  // Every transition counted went in a Report, but the task's own PENDING: StatusService
+  // makes that one from the created task, which went in its place.
+  t.is(
+    get("dsat_router_status_report_items_sum")[0]?.value,
+    [...transitions.values()].reduce((a, v) => a + v, 0),
+    "the items of the Reports are the tasks and transitions",
+  );
 
   const status = await scrape(mesh.status[0] as ServiceProcess);
   const txns = status.filter((m) => m.name === "dsat_status_etcd_txns_total");
@@ -358,6 +368,10 @@ test.serial("the metrics endpoints agree with the tasks run", async (t) => {
   t.true(committed >= n, `${committed} committed transactions for ${n} tasks`);
   const keysCount = status.find((m) => m.name === "dsat_status_etcd_txn_keys_count")?.value;
   t.is(keysCount, txns.reduce((a, m) => a + m.value, 0), "one batch size per transaction");
+  const answered = txns.filter((m) => m.labels.result !== "error").reduce((a, m) => a + m.value, 0);
+  t.is(status.find((m) => m.name === "dsat_status_etcd_txn_seconds_count")?.value, answered, "a duration per answered transaction");
+  t.is(status.find((m) => m.name === "dsat_status_report_seconds_count")?.value, reports, "every Report of the router answered");
+  t.is(status.find((m) => m.name === "dsat_status_cached_tasks")?.value, 0, "no task kept once every task ended");
 
   for (const w of mesh.workers) {
     const m = await scrape(w);

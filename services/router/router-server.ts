@@ -194,7 +194,12 @@ export class RouterServer {
       () => [...this.#statusMembers.members.values()].sort((a, b) => a.id.localeCompare(b.id)),
       this.#log,
       {
-        ...(telemetry ? { onTransition: (t: Transition) => telemetry.reported(t) } : {}),
+        ...(telemetry
+          ? {
+              onTransition: (t: Transition) => telemetry.reported(t),
+              onReport: (items: number, seconds: number, ok: boolean) => telemetry.statusReport(items, seconds, ok),
+            }
+          : {}),
         onNotOwner: (taskId: string, reason: string) => this.#drop(taskId, reason),
         lingerMs: init.opts.statusLingerMs,
         lanes: init.opts.statusLanes,

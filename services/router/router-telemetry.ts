@@ -18,7 +18,7 @@ import {
 } from "@dsat/sdk";
 import type * as grpc from "@grpc/grpc-js";
 import { ROOT_CONTEXT, type Span, SpanKind, SpanStatusCode, type Tracer } from "@opentelemetry/api";
-import { type Counter, type Histogram, type MetricsRegistry, SECONDS_BUCKETS } from "../common/metrics.ts";
+import { type Counter, type Histogram, type MetricsRegistry, REPORT_SIZE_BUCKETS, SECONDS_BUCKETS } from "../common/metrics.ts";
 
 /** What {@link RouterTelemetry} reads from its router. */
 export interface RouterTelemetryInit {
@@ -76,6 +76,8 @@ export class RouterTelemetry {
   readonly #queueWait: Histogram | undefined;
   readonly #run: Histogram | undefined;
   readonly #duration: Histogram | undefined;
+  readonly #reportSeconds: Histogram | undefined;
+  readonly #reportItems: Histogram | undefined;
 
   private constructor(init: RouterTelemetryInit) {
     this.#routerId = init.routerId;
@@ -104,6 +106,18 @@ export class RouterTelemetry {
       "Time from Submit to the end of a task, by pipeline and the state it ended in.",
       ["pipeline", "state"],
       SECONDS_BUCKETS,
+    );
+    this.#reportSeconds = m.histogram(
+      "dsat_router_status_report_seconds",
+      "Round trip of a Report to StatusService (its writes to etcd included), by result (ok, error).",
+      ["result"],
+      SECONDS_BUCKETS,
+    );
+    this.#reportItems = m.histogram(
+      "dsat_router_status_report_items",
+      "Tasks and transitions in one Report to StatusService: few at low load, many under load.",
+      [],
+      REPORT_SIZE_BUCKETS,
     );
     m.gauge("dsat_router_queue_depth", "Stage runs waiting for a free worker, per stage.", ["stage"], () =>
       [...init.queueDepths()].map(([stage, n]) => [[stage], n] as const),
@@ -181,6 +195,12 @@ export class RouterTelemetry {
       },
       contextFromHeaders(task.headers, ROOT_CONTEXT),
     );
+  }
+
+  /** A Report call to StatusService ended (see StatusReporterOptions.onReport). */
+  statusReport(items: number, seconds: number, ok: boolean): void {
+    this.#reportSeconds?.observe([ok ? "ok" : "error"], seconds);
+    this.#reportItems?.observe([], items);
   }
 
   /** A stage run entered its stage's queue. */

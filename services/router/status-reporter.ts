@@ -7,6 +7,7 @@ import {
   type Logger,
   type Member,
   ReportRequestSchema,
+  type ReportResponse,
   StatusService,
   type Task,
   type Transition,
@@ -69,6 +70,11 @@ export interface StatusReporterOptions {
   onNotOwner?: (taskId: string, reason: string) => void;
   /** Told of every transition queued by send or sendDurable, in order (for telemetry). Default none. */
   onTransition?: (t: Transition) => void;
+  /**
+   * Told of every Report call when it ends (for metrics): the tasks and transitions it
+   * carried, its round trip in seconds, and whether StatusService answered it. Default none.
+   */
+  onReport?: (items: number, seconds: number, ok: boolean) => void;
 }
 
 const DEFAULT_STATUS_REPORTER_OPTIONS: Readonly<StatusReporterOptions> = Object.freeze({
@@ -411,7 +417,15 @@ class Lane {
       wireType: WireType.LengthDelimited,
       data: encodeTransitionField(TRANSITIONS_FIELD, t).subarray(1),
     }));
-    const res = await clientTo(StatusService, server.address).report(req, { timeoutMs: 10_000 });
+    const started = performance.now();
+    let res: ReportResponse;
+    try {
+      res = await clientTo(StatusService, server.address).report(req, { timeoutMs: 10_000 });
+    } catch (err) {
+      this.#opts.onReport?.(created.length + transitions.length, (performance.now() - started) / 1000, false);
+      throw err;
+    }
+    this.#opts.onReport?.(created.length + transitions.length, (performance.now() - started) / 1000, true);
     res.transitions.forEach((o, i) => {
       if (o.notOwner) {
         const t = transitions[i];

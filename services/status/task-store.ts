@@ -19,7 +19,7 @@ import {
 } from "@dsat/sdk";
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IKeyValue, type IRequestOp } from "etcd3";
 import { laneOf } from "../common/lanes.ts";
-import { type Counter, type Histogram, SIZE_BUCKETS } from "../common/metrics.ts";
+import { type Counter, type Histogram, SECONDS_BUCKETS, SIZE_BUCKETS } from "../common/metrics.ts";
 import { RetentionLeases } from "./retention.ts";
 import { applyClaim, applyCreate, applyTransition, type Outcome } from "./apply-transition.ts";
 import { decodeStoredState, encodeTaskState, type EncodedParts, workingCopy } from "./state-encoding.ts";
@@ -74,6 +74,8 @@ export class TaskStore {
   #closed = false;
   readonly #txns: Counter | undefined;
   readonly #txnKeys: Histogram | undefined;
+  readonly #txnSeconds: Histogram | undefined;
+  readonly #reportSeconds: Histogram | undefined;
   /**
    * Write task states compact: their history's entries without the task id (see
    * state-encoding.ts). Only while every status server reads them; the StatusServer keeps
@@ -94,6 +96,18 @@ export class TaskStore {
       "etcd transactions that wrote task states, by result (committed, conflict: a compare failed, error).",
       ["result"],
     );
+    this.#txnSeconds = options.metrics?.histogram(
+      "dsat_status_etcd_txn_seconds",
+      "Duration of an etcd transaction that wrote task states (answered; failed ones are not counted).",
+      [],
+      SECONDS_BUCKETS,
+    );
+    this.#reportSeconds = options.metrics?.histogram(
+      "dsat_status_report_seconds",
+      "From a Report's arrival in the store to its answer: waiting for the batch before it, applying, writing to etcd.",
+      [],
+      SECONDS_BUCKETS,
+    );
     options.metrics?.gauge(
       "dsat_status_cached_tasks",
       "Task states this status server holds in memory: tasks that have not ended, at most --cache-size.",
@@ -113,8 +127,13 @@ export class TaskStore {
     if (this.#closed) {
       return Promise.reject(dsatError(Code.Unavailable, "the status server is shutting down; report to another one"));
     }
+    const started = performance.now();
     return new Promise<ReportResult>((resolve, reject) => {
-      this.#enqueue(newPending(request, [], resolve, reject));
+      const answer = (r: ReportResult) => {
+        this.#reportSeconds?.observe([], (performance.now() - started) / 1000);
+        resolve(r);
+      };
+      this.#enqueue(newPending(request, [], answer, reject));
     });
   }
 
@@ -418,8 +437,10 @@ export class TaskStore {
     let res: Awaited<ReturnType<Etcd3["kv"]["txn"]>>;
     let current: (IKeyValue | undefined)[] = [];
     this.#txnKeys?.observe([], chunk.length);
+    const started = performance.now();
     try {
       res = await this.#etcd.kv.txn({ compare, success, failure: [] });
+      this.#txnSeconds?.observe([], (performance.now() - started) / 1000);
       this.#txns?.inc([res.succeeded ? "committed" : "conflict"]);
       if (!res.succeeded) {
         const read = await this.#etcd.kv.txn({
