@@ -1,10 +1,12 @@
-// Adaptive batching between the router and StatusService, seen as an operator sees it: in
-// the router's and the status server's metrics.
+// Adaptive batching on every hop of a router, seen as an operator sees it: in the router's
+// and the status server's metrics (dsat_router_batch_items, dsat_status_etcd_txn_keys).
 import test from "ava";
 import { scrape } from "./helpers/metrics.ts";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
 import type { ServiceProcess } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
+
+const HOPS = ["client", "to_worker", "from_worker", "status"] as const;
 
 let mesh: TestMesh;
 
@@ -22,37 +24,46 @@ test.after.always(async () => {
   await mesh?.close();
 });
 
-/** The router's histogram of items per Report: its count, and how many held at most `le` items. */
-async function reportItems(le: string): Promise<{ count: number; atMost: number }> {
+/** Per hop: messages so far, and how many of them had at most `le` items. */
+async function batches(le: string): Promise<Record<string, { count: number; atMost: number }>> {
   const m = await scrape(mesh.routers[0] as ServiceProcess);
-  const count = m.find((x) => x.name === "dsat_router_status_report_items_count")?.value ?? 0;
-  const atMost = m.find((x) => x.name === "dsat_router_status_report_items_bucket" && x.labels.le === le)?.value ?? 0;
-  return { count, atMost };
+  const out: Record<string, { count: number; atMost: number }> = {};
+  for (const hop of HOPS) {
+    const count = m.find((x) => x.name === "dsat_router_batch_items_count" && x.labels.hop === hop)?.value ?? 0;
+    const atMost = m.find((x) => x.name === "dsat_router_batch_items_bucket" && x.labels.hop === hop && x.labels.le === le)?.value ?? 0;
+    out[hop] = { count, atMost };
+  }
+  return out;
 }
 
-test.serial("one task at a time: each Report carries the steps of that one task, nothing waits for a batch", async (t) => {
-  const before = await reportItems("10");
+test.serial("one task at a time: every message on every hop carries one task's items, nothing waits for a batch", async (t) => {
+  const before = await batches("10");
   for (let i = 0; i < 20; i++) {
     const r = await mesh.client.run("batching", { i });
     t.true(r.ok);
   }
-  const after = await reportItems("10");
-  const reports = after.count - before.count;
-  // A task of one stage has 7 transitions; it is created with the first of them.
-  t.true(reports >= 20, `${reports} Reports for 20 tasks`);
-  t.is(after.atMost - before.atMost, reports, "every Report at most 10 items");
+  const after = await batches("10");
+  for (const hop of HOPS) {
+    const messages = (after[hop]?.count ?? 0) - (before[hop]?.count ?? 0);
+    const small = (after[hop]?.atMost ?? 0) - (before[hop]?.atMost ?? 0);
+    t.true(messages >= 20, `${hop}: ${messages} messages for 20 tasks`);
+    // A task of one stage has 7 transitions; it is created with the first of them.
+    t.is(small, messages, `${hop}: every message at most 10 items`);
+  }
 });
 
-test.serial("a burst of 2,000 tasks: Reports carry hundreds of tasks' items at once", async (t) => {
-  const before = await reportItems("100");
+test.serial("a burst of 2,000 tasks: messages on every hop carry hundreds of items at once", async (t) => {
+  const before = await batches("100");
   const results = await Promise.all(Array.from({ length: 2000 }, (_, i) => mesh.client.run("batching", { i })));
   t.is(results.filter((r) => r.ok).length, 2000);
-  const after = await reportItems("100");
-  const reports = after.count - before.count;
-  const large = reports - (after.atMost - before.atMost);
-  t.log(`${reports} Reports for 2,000 tasks (about 14,000 items), ${large} of them with more than 100 items`);
-  t.true(large >= 1, "some Report carried more than 100 items");
-  t.true(reports < 2000, `fewer Reports than tasks (${reports})`);
+  const after = await batches("100");
+  for (const hop of HOPS) {
+    const messages = (after[hop]?.count ?? 0) - (before[hop]?.count ?? 0);
+    const large = messages - ((after[hop]?.atMost ?? 0) - (before[hop]?.atMost ?? 0));
+    t.log(`${hop}: ${messages} messages, ${large} of them with more than 100 items`);
+    t.true(large >= 1, `${hop}: some message carried more than 100 items`);
+    t.true(messages < 2000, `${hop}: fewer messages than tasks`);
+  }
   // The status server wrote them in transactions of many tasks each.
   const status = await scrape(mesh.status[0] as ServiceProcess);
   const txns = status.find((m) => m.name === "dsat_status_etcd_txn_keys_count")?.value ?? 0;

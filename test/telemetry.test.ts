@@ -353,11 +353,11 @@ test.serial("the metrics endpoints agree with the tasks run", async (t) => {
   const reports = get("dsat_router_status_reports")[0]?.value ?? 0;
   t.true(reports > 0);
   t.is(get("dsat_router_status_report_seconds_count", { result: "ok" })[0]?.value, reports, "a round trip per Report");
-  t.is(get("dsat_router_status_report_items_count")[0]?.value, reports);
+  t.is(get("dsat_router_batch_items_count", { hop: "status" })[0]?.value, reports);
   // Every transition counted went in a Report, but the task's own PENDING: StatusService
   // makes that one from the created task, which went in its place.
   t.is(
-    get("dsat_router_status_report_items_sum")[0]?.value,
+    get("dsat_router_batch_items_sum", { hop: "status" })[0]?.value,
     [...transitions.values()].reduce((a, v) => a + v, 0),
     "the items of the Reports are the tasks and transitions",
   );

@@ -54,6 +54,7 @@ export function submitStreamHandler(router: RouterServer, call: Call): Promise<v
     // is full the stream is not read, so HTTP/2 flow control holds the client back.
     call.on("data", (req: SubmitStreamRequest) => {
       call.pause();
+      router.submitBatch(req.tasks.length);
       const admitted = (async () => {
         const submits: Promise<{ taskId: string; code: number; message: string }>[] = [];
         for (const t of req.tasks) {

@@ -64,7 +64,7 @@ import { encodeTaskBase, rememberTaskBase } from "./assignment-encoding.ts";
 import { submitStreamHandler } from "./handlers.ts";
 import { checkRouterOptions, DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
 import { PipelineCache } from "./pipeline-cache.ts";
-import { adoptTraceMetadata, RouterTelemetry } from "./router-telemetry.ts";
+import { adoptTraceMetadata, type BatchHop, RouterTelemetry } from "./router-telemetry.ts";
 import { StatusReporter } from "./status-reporter.ts";
 import type { StageRun, TaskRun } from "./task-run.ts";
 import { WorkerLink } from "./worker-link.ts";
@@ -323,6 +323,11 @@ export class RouterServer {
     return this.#tasks.size + this.#admitting < this.#opts.maxTasks;
   }
 
+  /** A SubmitStream request came with this many tasks (for metrics). */
+  submitBatch(tasks: number): void {
+    this.#telemetry?.batch("client", tasks);
+  }
+
   /**
    * Resolves with a slot taken for one more task, once there is one: SubmitStream waits
    * here instead of refusing. Pass `reserved` to submit() with it.
@@ -392,6 +397,7 @@ export class RouterServer {
       },
       onTransition: (l, t) => this.#onWorkerTransition(l, t),
       onClosed: (l, err) => this.#onLinkClosed(key, l, err),
+      ...(this.#telemetry ? { onMessage: (direction: BatchHop, items: number) => this.#telemetry?.batch(direction, items) } : {}),
     });
     this.#links.set(key, link);
     let rr = this.#rotation.get(m.stage);

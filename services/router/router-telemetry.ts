@@ -56,6 +56,9 @@ interface TaskTrack {
   readonly stages: Map<string, StageTrack>;
 }
 
+/** The hops whose batches dsat_router_batch_items counts (besides "status", the Reports). */
+export type BatchHop = "client" | "to_worker" | "from_worker";
+
 /**
  * The router's spans and metrics, driven by the transitions it reports.
  *
@@ -77,7 +80,7 @@ export class RouterTelemetry {
   readonly #run: Histogram | undefined;
   readonly #duration: Histogram | undefined;
   readonly #reportSeconds: Histogram | undefined;
-  readonly #reportItems: Histogram | undefined;
+  readonly #batchItems: Histogram | undefined;
 
   private constructor(init: RouterTelemetryInit) {
     this.#routerId = init.routerId;
@@ -113,10 +116,10 @@ export class RouterTelemetry {
       ["result"],
       SECONDS_BUCKETS,
     );
-    this.#reportItems = m.histogram(
-      "dsat_router_status_report_items",
-      "Tasks and transitions in one Report to StatusService: few at low load, many under load.",
-      [],
+    this.#batchItems = m.histogram(
+      "dsat_router_batch_items",
+      "Items per message on each hop of the router: tasks per SubmitStream request (client), assignments per message to a worker (to_worker), transitions per message from a worker (from_worker), tasks and transitions per Report (status). Few at low load, many under load.",
+      ["hop"],
       REPORT_SIZE_BUCKETS,
     );
     m.gauge("dsat_router_queue_depth", "Stage runs waiting for a free worker, per stage.", ["stage"], () =>
@@ -200,7 +203,12 @@ export class RouterTelemetry {
   /** A Report call to StatusService ended (see StatusReporterOptions.onReport). */
   statusReport(items: number, seconds: number, ok: boolean): void {
     this.#reportSeconds?.observe([ok ? "ok" : "error"], seconds);
-    this.#reportItems?.observe([], items);
+    this.#batchItems?.observe(["status"], items);
+  }
+
+  /** A message with this many items went over a hop (see dsat_router_batch_items). */
+  batch(hop: BatchHop, items: number): void {
+    this.#batchItems?.observe([hop], items);
   }
 
   /** A stage run entered its stage's queue. */

@@ -26,6 +26,8 @@ export interface WorkerLinkEvents {
   onReady(link: WorkerLink): void;
   /** The stream ended; `inFlight` holds what the worker had not finished. */
   onClosed(link: WorkerLink, err: ConnectError | undefined): void;
+  /** A message went to the worker with this many assignments, or came with this many transitions (for metrics). */
+  onMessage?(direction: "to_worker" | "from_worker", items: number): void;
 }
 
 /**
@@ -118,6 +120,7 @@ export class WorkerLink {
       const cancels = i === batches.length - 1 ? this.#cancels : [];
       // The assignments go in already encoded (assignment-encoding.ts).
       this.#requests.push(processRequestWith(create(ProcessRequestSchema, { cancels }), assignments));
+      this.#events.onMessage?.("to_worker", assignments.length);
     });
     if (batches.length === 0) this.#requests.push(create(ProcessRequestSchema, { cancels: this.#cancels }));
     this.#assignments = [];
@@ -134,7 +137,10 @@ export class WorkerLink {
         }
         if (res.load) this.load = res.load;
         for (const t of res.transitions) this.#events.onTransition(this, t);
-        if (res.transitions.length > 0) this.#events.onReady(this);
+        if (res.transitions.length > 0) {
+          this.#events.onMessage?.("from_worker", res.transitions.length);
+          this.#events.onReady(this);
+        }
       }
     } catch (err) {
       error = toDsatError(err);
