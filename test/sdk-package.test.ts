@@ -10,7 +10,10 @@ import { promisify } from "node:util";
 import test from "ava";
 import { createClient, DSAT_VERSION, stateName } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
-import { ROOT, startProcess } from "./helpers/processes.ts";
+import { freePort, ROOT, type ServiceProcess, startProcess } from "./helpers/processes.ts";
+import { startOtlpReceiver } from "./helpers/otlp-receiver.ts";
+import { LocalEtcd } from "../services/cli/local-etcd.ts";
+import { parse as parseYaml } from "yaml";
 import { waitFor } from "./helpers/wait.ts";
 
 const run = promisify(execFile);
@@ -285,6 +288,79 @@ test.serial("the compiled services (make build) serve: a router and a status ser
   } finally {
     await client.close();
     await Promise.all([router.stop(), status.stop()]);
+  }
+});
+
+test.serial("deploy/: the compose file's services start as written (without a container engine) and run the demo pipeline, traced and with metrics", async (t) => {
+  // dist/services and sdk/dist are fresh (the test above compiled them, as the image's build stage does).
+  const dockerfile = readFileSync(join(ROOT, "deploy/Dockerfile"), "utf8");
+  // Every file the image copies from the build context (the repository) is there.
+  for (const m of dockerfile.matchAll(/^COPY (?!--from)(.+) \S+$/gm)) {
+    for (const src of (m[1] as string).split(/\s+/)) t.true(existsSync(join(ROOT, src)), `Dockerfile: COPY ${src}`);
+  }
+  const nodeOptions = /^ENV NODE_OPTIONS="([^"]*)"$/m.exec(dockerfile)?.[1];
+  t.truthy(nodeOptions, "the image's NODE_OPTIONS");
+  t.regex(dockerfile, /^ENTRYPOINT \["node"\]$/m);
+
+  type Service = { command: (string | number)[]; environment?: Record<string, string | number> };
+  const compose = parseYaml(readFileSync(join(ROOT, "deploy/docker-compose.yml"), "utf8"), { merge: true }) as {
+    services: Record<string, Service>;
+  };
+  const { etcd: etcdService, jaeger: _jaeger, ...dsat } = compose.services;
+  t.deepEqual(Object.keys(dsat).sort(), ["classify", "count", "normalize", "router", "status"]);
+
+  // etcd with the compose file's own flags (its addresses and data dir are the harness's).
+  const etcdFlags = (etcdService?.command ?? []).map(String).filter((f) => f.startsWith("--") && !/^--(data-dir|listen-client-urls|advertise-client-urls)=/.test(f));
+  t.true(etcdFlags.some((f) => f.startsWith("--quota-backend-bytes=")));
+  const etcdDir = mkdtempSync(join(tmpdir(), "dsat-deploy-etcd-"));
+  const etcd = new LocalEtcd({ dataDir: etcdDir, extraArgs: etcdFlags });
+  await etcd.start();
+  const otlp = await startOtlpReceiver();
+  const started: ServiceProcess[] = [];
+  try {
+    // Each service as compose runs it: node + its command, its environment, the image's
+    // NODE_OPTIONS, from the repository root (the image's /app); only the addresses differ.
+    for (const [name, svc] of Object.entries(dsat)) {
+      const args = svc.command.map(String).map((a) => (a === "127.0.0.1:2379" ? etcd.endpoint : a));
+      const port = args.indexOf("--port");
+      if (port >= 0) args[port + 1] = String(await freePort());
+      const env: Record<string, string> = {};
+      for (const [k, v] of Object.entries(svc.environment ?? {})) env[k] = String(v);
+      t.is(env.OTEL_EXPORTER_OTLP_ENDPOINT, "http://127.0.0.1:4318", `${name}: traces go to Jaeger's OTLP port`);
+      env.OTEL_EXPORTER_OTLP_ENDPOINT = otlp.endpoint;
+      t.truthy(env.DSAT_METRICS_PORT, `${name}: serves metrics`);
+      env.DSAT_METRICS_PORT = String(await freePort());
+      const p = await startProcess(`compose ${name}`, process.execPath, args, { ...userEnv(env), NODE_OPTIONS: nodeOptions as string });
+      children.push(p.child);
+      started.push(p);
+      t.truthy(p.metrics, `${name} says where its metrics are`);
+      t.true(p.tracing, `${name} traces`);
+    }
+    // deploy/README.md's next steps, with the CLI.
+    const dsatCli = join(ROOT, "services/cli/bin/dsat");
+    await run(dsatCli, ["--etcd", etcd.endpoint, "pipeline", "apply", "examples/demo/pipeline.yaml"], { cwd: ROOT });
+    await waitFor(
+      async () => {
+        const { stdout } = await run(dsatCli, ["--etcd", etcd.endpoint, "members"], { cwd: ROOT });
+        return ["normalize", "count", "classify"].every((s) => new RegExp(`^worker\\s+\\S+\\s+\\S+\\s+${s}\\s`, "m").test(stdout));
+      },
+      { what: "the three workers of the compose file to register" },
+    );
+    const submitted = await run(dsatCli, ["--etcd", etcd.endpoint, "submit", "demo", '{"id":1,"text":"Hello"}', "--wait"], { cwd: ROOT });
+    t.regex(submitted.stdout, /SUCCEEDED/);
+    for (const p of started) {
+      const res = await fetch(`http://${p.metrics}/metrics`);
+      t.is(res.status, 200, `${p.kind} ${p.id}: /metrics`);
+    }
+    // SIGTERM drains and flushes the spans: every process of the compose file exported some.
+    await Promise.all(started.map((p) => p.stop()));
+    const services = new Set(otlp.spans.map((s) => s.service));
+    t.deepEqual([...services].filter((s) => s.startsWith("dsat-")).sort(), ["dsat-router", "dsat-worker"]);
+  } finally {
+    await Promise.all(started.map((p) => p.kill9()));
+    await otlp.close();
+    await etcd.stop();
+    rmSync(etcdDir, { recursive: true, force: true });
   }
 });
 
