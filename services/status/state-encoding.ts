@@ -39,8 +39,9 @@ import {
  * it is the record's own task id, and it was about a third of a stored task's bytes. It
  * also leaves out the output of the task's own SUCCEEDED transition, which is the state's
  * `output` (a second copy of the result). `decodeStoredState` puts both back, so every
- * reader of StatusService sees whole transitions. Status servers before dsat 0.1.1 do not, which is why a status server
- * writes compact states only while every status server it sees is 0.1.1 or later.
+ * reader of StatusService sees whole transitions. Status servers before dsat 0.1.1 do not,
+ * which is why a status server writes compact states only while every status server it
+ * sees is 0.1.1 or later.
  */
 
 /** The first dsat version whose status servers read compact task states. */
@@ -113,8 +114,9 @@ export function encodeTaskState(
 }
 
 /**
- * Decodes a task state as stored in etcd: a history entry without a task id (a compact
- * state's) gets the record's task id back.
+ * Decodes a task state as stored in etcd, compact or whole: a history entry without a task
+ * id gets the record's task id back, and the task's own SUCCEEDED transition without an
+ * output gets the record's output.
  */
 export function decodeStoredState(bytes: Uint8Array): TaskState {
   const state = fromBinary(TaskStateSchema, bytes);
