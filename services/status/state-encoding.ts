@@ -48,21 +48,20 @@ import {
 export const COMPACT_HISTORY_SINCE = "0.1.1";
 
 /**
- * Whether status servers that announce these versions all read compact task states
- * (none: false, for a status server that does not see itself yet). A version that does
- * not parse reads them not.
+ * Whether to write compact task states, now writing them or not (`current`), when the
+ * status servers registered in etcd announce these versions: while every one reads them.
+ * A version that does not parse reads them not. No status server at all (not even this
+ * one: its lease was lost, and it registers again) tells nothing, so nothing changes.
  */
-export function allReadCompact(versions: Iterable<string>): boolean {
-  let any = false;
-  for (const v of versions) {
-    any = true;
+export function writeCompact(current: boolean, versions: readonly string[]): boolean {
+  if (versions.length === 0) return current;
+  return versions.every((v) => {
     try {
-      if (compareVersions(v, COMPACT_HISTORY_SINCE) < 0) return false;
+      return compareVersions(v, COMPACT_HISTORY_SINCE) >= 0;
     } catch {
       return false;
     }
-  }
-  return any;
+  });
 }
 
 /** Field numbers of dsat.v1.TaskState (proto/dsat/v1/task.proto). */

@@ -25,7 +25,7 @@ import type { Etcd3 } from "etcd3";
 import { DEFAULT_ETCD_SPACE_OPTIONS, EtcdSpaceWatch } from "./etcd-space.ts";
 import { PipelineHandlers, StatusHandlers } from "./handlers.ts";
 import { resolveStatusOptions, type StatusOptions } from "./options.ts";
-import { allReadCompact, COMPACT_HISTORY_SINCE } from "./state-encoding.ts";
+import { COMPACT_HISTORY_SINCE, writeCompact } from "./state-encoding.ts";
 import { TaskStore } from "./task-store.ts";
 
 /** How long close() lets running calls finish before it cuts them, in milliseconds. */
@@ -179,15 +179,16 @@ async function watchStatusPeers(etcd: Etcd3, keys: Keys, store: TaskStore, log: 
   let pending = false;
   const decide = () => {
     pending = false;
-    const compact = allReadCompact([...peers.members.values()].map((m) => m.version));
+    const members = [...peers.members.values()];
+    const compact = writeCompact(store.compactHistory, members.map((m) => m.version));
     if (compact === store.compactHistory) return;
     store.compactHistory = compact;
     if (compact) {
       log.info("every status server reads compact task states: writing them without the task id in each history entry");
     } else {
-      const old = [...peers.members.values()].filter((m) => !allReadCompact([m.version])).map((m) => `${m.id} (${m.version})`);
+      const old = members.filter((m) => !writeCompact(false, [m.version])).map((m) => `${m.id} (${m.version})`);
       log.info("writing whole task states: not every status server reads compact ones", {
-        [`older than ${COMPACT_HISTORY_SINCE}`]: old.join(", ") || "none seen yet",
+        [`older than ${COMPACT_HISTORY_SINCE}`]: old.join(", "),
       });
     }
   };
