@@ -44,8 +44,8 @@ export const SECONDS_BUCKETS = Object.freeze([0.001, 0.0025, 0.005, 0.01, 0.025,
 /** Upper bounds for sizes (items in a batch). */
 export const SIZE_BUCKETS = Object.freeze([1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]);
 
-/** Upper bounds for the items of a Report (up to the router's 20,000 per Report). */
-export const REPORT_SIZE_BUCKETS = Object.freeze([...SIZE_BUCKETS, 2000, 5000, 10000, 20000]);
+/** Upper bounds for the items of a message on a router's hops (a Report holds up to 20,000). */
+export const BATCH_SIZE_BUCKETS = Object.freeze([...SIZE_BUCKETS, 2000, 5000, 10000, 20000]);
 
 abstract class Metric {
   readonly name: string;

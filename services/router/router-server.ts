@@ -390,6 +390,7 @@ export class RouterServer {
   }
 
   #connect(key: string, m: Member): void {
+    const telemetry = this.#telemetry;
     const link = new WorkerLink(m, this.id, this.#opts.protocolVersion, {
       onReady: (l) => {
         this.#redials.delete(key);
@@ -397,7 +398,7 @@ export class RouterServer {
       },
       onTransition: (l, t) => this.#onWorkerTransition(l, t),
       onClosed: (l, err) => this.#onLinkClosed(key, l, err),
-      ...(this.#telemetry ? { onMessage: (direction: BatchHop, items: number) => this.#telemetry?.batch(direction, items) } : {}),
+      ...(telemetry ? { onMessage: (direction: BatchHop, items: number) => telemetry.batch(direction, items) } : {}),
     });
     this.#links.set(key, link);
     let rr = this.#rotation.get(m.stage);

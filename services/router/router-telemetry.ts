@@ -18,7 +18,7 @@ import {
 } from "@dsat/sdk";
 import type * as grpc from "@grpc/grpc-js";
 import { ROOT_CONTEXT, type Span, SpanKind, SpanStatusCode, type Tracer } from "@opentelemetry/api";
-import { type Counter, type Histogram, type MetricsRegistry, REPORT_SIZE_BUCKETS, SECONDS_BUCKETS } from "../common/metrics.ts";
+import { BATCH_SIZE_BUCKETS, type Counter, type Histogram, type MetricsRegistry, SECONDS_BUCKETS } from "../common/metrics.ts";
 
 /** What {@link RouterTelemetry} reads from its router. */
 export interface RouterTelemetryInit {
@@ -120,7 +120,7 @@ export class RouterTelemetry {
       "dsat_router_batch_items",
       "Items per message on each hop of the router: tasks per SubmitStream request (client), assignments per message to a worker (to_worker), transitions per message from a worker (from_worker), tasks and transitions per Report (status). Few at low load, many under load.",
       ["hop"],
-      REPORT_SIZE_BUCKETS,
+      BATCH_SIZE_BUCKETS,
     );
     m.gauge("dsat_router_queue_depth", "Stage runs waiting for a free worker, per stage.", ["stage"], () =>
       [...init.queueDepths()].map(([stage, n]) => [[stage], n] as const),

@@ -418,14 +418,12 @@ class Lane {
       data: encodeTransitionField(TRANSITIONS_FIELD, t).subarray(1),
     }));
     const started = performance.now();
-    let res: ReportResponse;
+    let res: ReportResponse | undefined;
     try {
       res = await clientTo(StatusService, server.address).report(req, { timeoutMs: 10_000 });
-    } catch (err) {
-      this.#opts.onReport?.(created.length + transitions.length, (performance.now() - started) / 1000, false);
-      throw err;
+    } finally {
+      this.#opts.onReport?.(created.length + transitions.length, (performance.now() - started) / 1000, res !== undefined);
     }
-    this.#opts.onReport?.(created.length + transitions.length, (performance.now() - started) / 1000, true);
     res.transitions.forEach((o, i) => {
       if (o.notOwner) {
         const t = transitions[i];

@@ -17,6 +17,7 @@ import {
   WorkerService,
 } from "@dsat/sdk";
 import { processRequestWith } from "./assignment-encoding.ts";
+import type { BatchHop } from "./router-telemetry.ts";
 
 /** What a link tells its router. */
 export interface WorkerLinkEvents {
@@ -27,7 +28,7 @@ export interface WorkerLinkEvents {
   /** The stream ended; `inFlight` holds what the worker had not finished. */
   onClosed(link: WorkerLink, err: ConnectError | undefined): void;
   /** A message went to the worker with this many assignments, or came with this many transitions (for metrics). */
-  onMessage?(direction: "to_worker" | "from_worker", items: number): void;
+  onMessage?(direction: Exclude<BatchHop, "client">, items: number): void;
 }
 
 /**

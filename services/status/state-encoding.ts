@@ -54,14 +54,16 @@ export const COMPACT_HISTORY_SINCE = "0.1.1";
  * one: its lease was lost, and it registers again) tells nothing, so nothing changes.
  */
 export function writeCompact(current: boolean, versions: readonly string[]): boolean {
-  if (versions.length === 0) return current;
-  return versions.every((v) => {
-    try {
-      return compareVersions(v, COMPACT_HISTORY_SINCE) >= 0;
-    } catch {
-      return false;
-    }
-  });
+  return versions.length === 0 ? current : versions.every(readsCompact);
+}
+
+/** Whether a status server of this version reads compact task states (an invalid version: no). */
+export function readsCompact(version: string): boolean {
+  try {
+    return compareVersions(version, COMPACT_HISTORY_SINCE) >= 0;
+  } catch {
+    return false;
+  }
 }
 
 /** Field numbers of dsat.v1.TaskState (proto/dsat/v1/task.proto). */

@@ -25,7 +25,7 @@ import type { Etcd3 } from "etcd3";
 import { DEFAULT_ETCD_SPACE_OPTIONS, EtcdSpaceWatch } from "./etcd-space.ts";
 import { PipelineHandlers, StatusHandlers } from "./handlers.ts";
 import { resolveStatusOptions, type StatusOptions } from "./options.ts";
-import { COMPACT_HISTORY_SINCE, writeCompact } from "./state-encoding.ts";
+import { COMPACT_HISTORY_SINCE, readsCompact, writeCompact } from "./state-encoding.ts";
 import { TaskStore } from "./task-store.ts";
 
 /** How long close() lets running calls finish before it cuts them, in milliseconds. */
@@ -186,7 +186,7 @@ async function watchStatusPeers(etcd: Etcd3, keys: Keys, store: TaskStore, log: 
     if (compact) {
       log.info("every status server reads compact task states: writing them without the task id in each history entry");
     } else {
-      const old = members.filter((m) => !writeCompact(false, [m.version])).map((m) => `${m.id} (${m.version})`);
+      const old = members.filter((m) => !readsCompact(m.version)).map((m) => `${m.id} (${m.version})`);
       log.info("writing whole task states: not every status server reads compact ones", {
         [`older than ${COMPACT_HISTORY_SINCE}`]: old.join(", "),
       });

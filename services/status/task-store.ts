@@ -342,6 +342,12 @@ export class TaskStore {
     else this.#cache.delete(taskId);
   }
 
+  /** A group's base is what etcd holds of its task now (kv: none when there is no task). */
+  #rebase(g: TaskGroup, kv: IKeyValue | undefined): void {
+    g.base = kv ? { state: decodeStoredState(kv.value), modRevision: kv.mod_revision } : undefined;
+    this.#remember(g.taskId, g.base);
+  }
+
   /** Reads the states of these groups from etcd into g.base and the cache. */
   async #load(groups: TaskGroup[]): Promise<void> {
     const chunks: TaskGroup[][] = [];
@@ -353,14 +359,7 @@ export class TaskStore {
         success: chunk.map((g) => ({ request_range: { key: g.keyBytes } })),
       });
       chunk.forEach((g, i) => {
-        const kv = res.responses[i]?.response_range.kvs[0];
-        if (!kv) {
-          g.base = undefined;
-          this.#cache.delete(g.taskId);
-          return;
-        }
-        g.base = { state: decodeStoredState(kv.value), modRevision: kv.mod_revision };
-        this.#remember(g.taskId, g.base);
+        this.#rebase(g, res.responses[i]?.response_range.kvs[0]);
       });
     });
   }
@@ -467,8 +466,7 @@ export class TaskStore {
         const kv = current[i];
         if ((kv?.mod_revision ?? "0") === (g.base?.modRevision ?? "0")) return;
         g.conflicts++;
-        g.base = kv ? { state: decodeStoredState(kv.value), modRevision: kv.mod_revision } : undefined;
-        this.#remember(g.taskId, g.base);
+        this.#rebase(g, kv);
       });
       return chunk;
     }
