@@ -21,6 +21,8 @@ import {
   startGrpcServer,
   toDsatError,
 } from "@dsat/sdk";
+import type { DescService } from "@bufbuild/protobuf";
+import type * as grpc from "@grpc/grpc-js";
 import type { Etcd3 } from "etcd3";
 import { DEFAULT_ETCD_SPACE_OPTIONS, EtcdSpaceWatch } from "./etcd-space.ts";
 import { PipelineHandlers, StatusHandlers } from "./handlers.ts";
@@ -31,10 +33,41 @@ import { TaskStore } from "./task-store.ts";
 /** How long close() lets running calls finish before it cuts them, in milliseconds. */
 const CLOSE_GRACE_MS = 5_000;
 
+/** The services a status server serves, for health and reflection. */
+const STATUS_SERVICES = [StatusService, PipelineService] as const;
+
+/** What a status server is made of, wherever it is served. */
+interface StatusParts {
+  readonly opts: StatusOptions;
+  readonly etcd: Etcd3;
+  readonly store: TaskStore;
+  readonly status: StatusHandlers;
+  readonly pipelines: PipelineHandlers;
+  readonly log: Logger;
+}
+
+/**
+ * A status server served by another process's gRPC server (a router's, with
+ * `RouterOptions.serveStatus`): its services are added while that server is built, and it
+ * starts once the server listens. See {@link StatusServer.embed}.
+ */
+export interface EmbeddedStatus {
+  /** The services it adds, for the host server's health and reflection. */
+  readonly services: readonly DescService[];
+  /** Its task store: a host in the same process reports to it without gRPC. */
+  readonly store: TaskStore;
+  /** Adds StatusService and PipelineService to the host's server (before it listens). */
+  addToServer(server: grpc.Server): void;
+  /** Registers it as a status member at the host's address and reports its services SERVING. */
+  start(server: RunningGrpcServer): Promise<StatusServer>;
+}
+
 /**
  * StatusServer serves StatusService and PipelineService (plus health and reflection)
  * and registers itself in etcd as a STATUS member. Any number of them may run against
- * one etcd: each reads and fences its writes there, so they answer alike.
+ * one etcd: each reads and fences its writes there, so they answer alike. It runs as a
+ * process of its own ({@link StatusServer.start}) or inside a router's
+ * ({@link StatusServer.embed}).
  */
 export class StatusServer {
   /** The member id. */
@@ -46,6 +79,8 @@ export class StatusServer {
   readonly #etcd: Etcd3;
   readonly #ownsEtcd: boolean;
   readonly #grpc: RunningGrpcServer;
+  /** False when the gRPC server is another's (embedded): close leaves it running. */
+  readonly #ownsGrpc: boolean;
   readonly #registration: Registration;
   readonly #store: TaskStore;
   readonly #status: StatusHandlers;
@@ -55,29 +90,27 @@ export class StatusServer {
   #closing: Promise<void> | undefined;
 
   private constructor(init: {
-    options: StatusOptions;
-    etcd: Etcd3;
+    parts: StatusParts;
     ownsEtcd: boolean;
     grpc: RunningGrpcServer;
+    ownsGrpc: boolean;
     registration: Registration;
-    store: TaskStore;
-    status: StatusHandlers;
     space: EtcdSpaceWatch;
     peers: MemberWatcher;
-    log: Logger;
   }) {
-    this.options = Object.freeze(init.options);
-    this.id = init.options.id;
+    this.options = Object.freeze(init.parts.opts);
+    this.id = init.parts.opts.id;
     this.address = init.grpc.address;
-    this.#etcd = init.etcd;
+    this.#etcd = init.parts.etcd;
     this.#ownsEtcd = init.ownsEtcd;
     this.#grpc = init.grpc;
+    this.#ownsGrpc = init.ownsGrpc;
     this.#registration = init.registration;
-    this.#store = init.store;
+    this.#store = init.parts.store;
     this.#space = init.space;
-    this.#status = init.status;
+    this.#status = init.parts.status;
     this.#peers = init.peers;
-    this.#log = init.log;
+    this.#log = init.parts.log;
   }
 
   /** Whether this server writes compact task states now (see state-encoding.ts). */
@@ -93,52 +126,17 @@ export class StatusServer {
     const opts = resolveStatusOptions(options);
     const ownsEtcd = typeof opts.etcd === "string";
     const etcd = typeof opts.etcd === "string" ? connectEtcd({ endpoints: opts.etcd }) : opts.etcd;
-    const log = createLogger({ service: "status", id: opts.id });
-    const keys = new Keys(opts.prefix);
     let grpcServer: RunningGrpcServer | undefined;
-    let peers: MemberWatcher | undefined;
     try {
       await checkEtcd(etcd, opts);
-      const store = new TaskStore(etcd, opts, log);
-      const status = new StatusHandlers(etcd, store, keys, log);
-      const pipelines = new PipelineHandlers(etcd, keys, log);
-      grpcServer = await startGrpcServer(
-        [StatusService, PipelineService],
-        (server) => {
-          status.addToServer(server);
-          pipelines.addToServer(server);
-        },
-        { host: opts.host, port: opts.port, advertise: opts.advertise },
-      );
-      const member = create(MemberSchema, {
-        id: opts.id,
-        kind: MemberKind.STATUS,
-        address: grpcServer.address,
-        version: DSAT_VERSION,
-        pid: process.pid,
-        host: hostname(),
-        runtime: `node/${process.versions.node}`,
-        startedAt: timestampNow(),
+      const parts = statusParts(opts, etcd);
+      grpcServer = await startGrpcServer(STATUS_SERVICES, (server) => addStatusServices(server, parts), {
+        host: opts.host,
+        port: opts.port,
+        advertise: opts.advertise,
       });
-      const registration = await registerMember(etcd, member, {
-        leaseTtlSeconds: opts.leaseTtlSeconds,
-        prefix: opts.prefix,
-      });
-      registration.on("lost", (err: unknown) => {
-        log.warn("membership lease lost; registering again", { error: toDsatError(err).message });
-      });
-      peers = await watchStatusPeers(etcd, keys, store, log);
-      grpcServer.health.setAll(ServingStatus.SERVING);
-      log.info("serving", { address: grpcServer.address });
-      const space = new EtcdSpaceWatch(
-        etcd,
-        { ...DEFAULT_ETCD_SPACE_OPTIONS, quotaBytes: opts.etcdQuotaBytes, checkMs: opts.etcdSpaceCheckMs },
-        log,
-        opts.metrics,
-      );
-      return new StatusServer({ options: opts, etcd, ownsEtcd, grpc: grpcServer, registration, store, status, space, peers, log });
+      return await StatusServer.#serve(parts, ownsEtcd, grpcServer, true);
     } catch (err) {
-      await peers?.close();
       await grpcServer?.close(0);
       if (ownsEtcd) etcd.close();
       throw toDsatError(err);
@@ -146,9 +144,63 @@ export class StatusServer {
   }
 
   /**
+   * Makes a status server to serve inside another gRPC server of this process, with the
+   * host's etcd client (which the host closes). Its host, port and advertise options are
+   * unused: it is reached at the host's address.
+   */
+  static embed(options: Partial<StatusOptions> & { etcd: Etcd3 }): EmbeddedStatus {
+    const opts = resolveStatusOptions(options);
+    const parts = statusParts(opts, options.etcd);
+    return {
+      services: STATUS_SERVICES,
+      store: parts.store,
+      addToServer: (server) => addStatusServices(server, parts),
+      start: async (server) => {
+        await checkEtcd(options.etcd, opts);
+        return StatusServer.#serve(parts, false, server, false);
+      },
+    };
+  }
+
+  /** Registers a status server that listens now, and reports its services SERVING. */
+  static async #serve(parts: StatusParts, ownsEtcd: boolean, grpcServer: RunningGrpcServer, ownsGrpc: boolean) {
+    const { opts, etcd, store, log } = parts;
+    const member = create(MemberSchema, {
+      id: opts.id,
+      kind: MemberKind.STATUS,
+      address: grpcServer.address,
+      version: DSAT_VERSION,
+      pid: process.pid,
+      host: hostname(),
+      runtime: `node/${process.versions.node}`,
+      startedAt: timestampNow(),
+    });
+    const registration = await registerMember(etcd, member, { leaseTtlSeconds: opts.leaseTtlSeconds, prefix: opts.prefix });
+    registration.on("lost", (err: unknown) => {
+      log.warn("membership lease lost; registering again", { error: toDsatError(err).message });
+    });
+    let peers: MemberWatcher;
+    try {
+      peers = await watchStatusPeers(etcd, new Keys(opts.prefix), store, log);
+    } catch (err) {
+      await registration.close().catch(() => {});
+      throw err;
+    }
+    setHealth(grpcServer, ownsGrpc, ServingStatus.SERVING);
+    log.info("serving", { address: grpcServer.address, ...(ownsGrpc ? {} : { in: "this process's router" }) });
+    const space = new EtcdSpaceWatch(
+      etcd,
+      { ...DEFAULT_ETCD_SPACE_OPTIONS, quotaBytes: opts.etcdQuotaBytes, checkMs: opts.etcdSpaceCheckMs },
+      log,
+      opts.metrics,
+    );
+    return new StatusServer({ parts, ownsEtcd, grpc: grpcServer, ownsGrpc, registration, space, peers });
+  }
+
+  /**
    * Leaves the mesh and stops: NOT_SERVING, the registration revoked, open Watches ended
-   * (UNAVAILABLE), running reports finished, the server shut down, etcd closed if this
-   * server connected it. Safe to call more than once.
+   * (UNAVAILABLE), running reports finished, the server shut down (unless it is another's),
+   * etcd closed if this server connected it. Safe to call more than once.
    */
   close(): Promise<void> {
     this.#closing ??= this.#close();
@@ -156,17 +208,42 @@ export class StatusServer {
   }
 
   async #close(): Promise<void> {
-    this.#grpc.health.setAll(ServingStatus.NOT_SERVING);
+    setHealth(this.#grpc, this.#ownsGrpc, ServingStatus.NOT_SERVING);
     await this.#registration.close().catch((err: unknown) => {
       this.#log.warn("revoking the registration failed", { error: toDsatError(err).message });
     });
     this.#status.close();
     this.#space.close();
     await this.#peers.close();
-    await this.#grpc.close(CLOSE_GRACE_MS);
+    if (this.#ownsGrpc) await this.#grpc.close(CLOSE_GRACE_MS);
     await this.#store.close();
     if (this.#ownsEtcd) this.#etcd.close();
   }
+}
+
+function statusParts(opts: StatusOptions, etcd: Etcd3): StatusParts {
+  const log = createLogger({ service: "status", id: opts.id });
+  const keys = new Keys(opts.prefix);
+  const store = new TaskStore(etcd, opts, log);
+  return {
+    opts,
+    etcd,
+    store,
+    status: new StatusHandlers(etcd, store, keys, log),
+    pipelines: new PipelineHandlers(etcd, keys, log),
+    log,
+  };
+}
+
+function addStatusServices(server: grpc.Server, parts: StatusParts): void {
+  parts.status.addToServer(server);
+  parts.pipelines.addToServer(server);
+}
+
+/** The health of a status server's services: of the whole server when it owns it, else of its own services only. */
+function setHealth(server: RunningGrpcServer, owns: boolean, status: ServingStatus): void {
+  if (owns) server.health.setAll(status);
+  else for (const s of STATUS_SERVICES) server.health.setStatus(s.typeName, status);
 }
 
 /**

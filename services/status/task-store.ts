@@ -122,6 +122,11 @@ export class TaskStore {
     );
   }
 
+  /** Whether close was called: reports are refused from then on. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /** Applies a report and resolves once what it changed is durable in etcd. */
   report(request: ReportRequest): Promise<ReportResult> {
     if (this.#closed) {
