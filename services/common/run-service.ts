@@ -43,16 +43,19 @@ export interface StartedService {
  * service and its metrics endpoint when --metrics-port is set, prints one line
  * `ready {"kind":…,"id":…,"address":…,"pid":…,"tracing":…[,"metrics":"host:port"]}` on
  * stdout once it serves, drains on SIGTERM, closes on SIGINT (exporting buffered spans
- * either way), and exits 1 with a clear message when it cannot start.
+ * either way), and exits 1 with a clear message when it cannot start. `extraFlags` take a
+ * value, `switches` none (both land in `flags.rest`).
  */
 export async function runService(
   kind: string,
   start: (flags: ServiceFlags) => Promise<StartedService>,
   extraFlags: readonly string[] = [],
+  switches: readonly string[] = [],
 ): Promise<void> {
   const { values } = parseArgs({
     options: {
       ...Object.fromEntries(extraFlags.map((f) => [f, { type: "string" as const }])),
+      ...Object.fromEntries(switches.map((f) => [f, { type: "boolean" as const }])),
       etcd: { type: "string" },
       host: { type: "string" },
       advertise: { type: "string" },

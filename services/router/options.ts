@@ -1,6 +1,7 @@
 import type { Etcd3 } from "etcd3";
 import type { Logger } from "@dsat/sdk";
 import type { MetricsRegistry } from "../common/metrics.ts";
+import type { StatusOptions } from "../status/options.ts";
 
 /** Options of a router. */
 export interface RouterOptions {
@@ -55,6 +56,18 @@ export interface RouterOptions {
    * accepted are never given up: they are sent again until stored. Default 60000.
    */
   statusGiveUpMs: number;
+  /**
+   * Serve StatusService and PipelineService in this process too, on the router's port, as
+   * a status member with the router's id: the router's Reports then go to it in-process
+   * (nothing encoded, no network hop), and every other member can use it as any status
+   * server. Default false: the router reports to the status servers registered in etcd.
+   */
+  serveStatus: boolean;
+  /**
+   * Options of the status server served with serveStatus (task retention, etcd quota, …).
+   * etcd, prefix, lease TTL, id and metrics are the router's.
+   */
+  status: Partial<StatusOptions>;
   logger: Logger;
   /** Where the router's metrics go (a process serves them, see services/common/metrics.ts). Default none: no metrics. */
   metrics?: MetricsRegistry;
@@ -77,6 +90,8 @@ export const DEFAULT_ROUTER_OPTIONS = Object.freeze({
   statusLingerMs: 250,
   statusLanes: 1,
   statusGiveUpMs: 60_000,
+  serveStatus: false,
+  status: {},
 });
 
 /** Refuses options a router cannot run with, naming the option and the range it takes. */

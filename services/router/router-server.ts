@@ -65,6 +65,7 @@ import { submitStreamHandler } from "./handlers.ts";
 import { checkRouterOptions, DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
 import { PipelineCache } from "./pipeline-cache.ts";
 import { adoptTraceMetadata, type BatchHop, RouterTelemetry } from "./router-telemetry.ts";
+import { type EmbeddedStatus, StatusServer } from "../status/status-server.ts";
 import { StatusReporter } from "./status-reporter.ts";
 import type { StageRun, TaskRun } from "./task-run.ts";
 import { WorkerLink } from "./worker-link.ts";
@@ -121,6 +122,9 @@ export class RouterServer {
   readonly #routers: MemberWatcher;
   readonly #pipelines: PipelineCache;
   readonly #reporter: StatusReporter;
+  /** The status server this process serves with the router (serveStatus), before and once it started. */
+  readonly #embeddedStatus: EmbeddedStatus | undefined;
+  #statusServer: StatusServer | undefined;
   /** Spans and metrics; undefined when both are off. */
   readonly #telemetry: RouterTelemetry | undefined;
   readonly #tasks = new Map<string, TaskRun>();
@@ -152,6 +156,7 @@ export class RouterServer {
     etcd: Etcd3;
     ownEtcd: boolean;
     server: RunningGrpcServer;
+    embeddedStatus: EmbeddedStatus | undefined;
   }) {
     this.#opts = init.opts;
     this.id = init.opts.id;
@@ -159,6 +164,7 @@ export class RouterServer {
     this.#etcd = init.etcd;
     this.#ownEtcd = init.ownEtcd;
     this.#server = init.server;
+    this.#embeddedStatus = init.embeddedStatus;
     this.address = init.server.address;
     this.#keys = new Keys(init.opts.prefix);
     this.#workers = new MemberWatcher(this.#etcd, this.#keys.membersOf("worker"));
@@ -204,6 +210,7 @@ export class RouterServer {
         lingerMs: init.opts.statusLingerMs,
         lanes: init.opts.statusLanes,
         giveUpAfterMs: init.opts.statusGiveUpMs,
+        ...(init.embeddedStatus ? { local: init.embeddedStatus.store } : {}),
       },
     );
     const member = create(MemberSchema, {
@@ -240,9 +247,20 @@ export class RouterServer {
     const ownEtcd = typeof opts.etcd === "string";
     const etcd = typeof opts.etcd === "string" ? connectEtcd({ endpoints: opts.etcd }) : opts.etcd;
     let router: RouterServer | undefined;
+    const embeddedStatus = opts.serveStatus
+      ? StatusServer.embed({
+          ...opts.status,
+          etcd,
+          prefix: opts.prefix,
+          leaseTtlSeconds: opts.leaseTtlSeconds,
+          id,
+          ...(opts.metrics ? { metrics: opts.metrics } : {}),
+        })
+      : undefined;
     const server = await startGrpcServer(
-      [RouterService, WorkerService],
+      [RouterService, WorkerService, ...(embeddedStatus?.services ?? [])],
       (s) => {
+        embeddedStatus?.addToServer(s);
         // A router is the gateway of its satellite: routers of other satellites reach the
         // stages served here through it, as if it were a worker of each.
         addService(s, WorkerService, { process: (call) => (router as RouterServer).serveGateway(call) });
@@ -258,7 +276,7 @@ export class RouterServer {
       },
       { host: opts.host, port: opts.port, advertise: opts.advertise, maxMessageBytes: opts.maxPayloadBytes + 64 * 1024 },
     );
-    router = new RouterServer({ opts, log, etcd, ownEtcd, server });
+    router = new RouterServer({ opts, log, etcd, ownEtcd, server, embeddedStatus });
     try {
       await router.#begin();
     } catch (err) {
@@ -269,6 +287,7 @@ export class RouterServer {
   }
 
   async #begin(): Promise<void> {
+    if (this.#embeddedStatus) this.#statusServer = await this.#embeddedStatus.start(this.#server);
     await this.#statusMembers.start();
     await this.#pipelines.start();
     this.#workers.on("up", (m: Member) => this.#workerUp(m));
@@ -1376,6 +1395,8 @@ export class RouterServer {
     ]);
     clearTimeout(flushTimer);
     this.#reporter.close();
+    // The status server served here goes once this router's own steps are stored.
+    await this.#statusServer?.close();
     for (const run of this.#tasks.values()) {
       if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
       for (const sr of run.stages.values()) if (sr.retryTimer) clearTimeout(sr.retryTimer);

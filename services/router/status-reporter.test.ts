@@ -302,3 +302,56 @@ test("close tells whoever still waits, instead of leaving them hanging", async (
   );
   t.is(err?.code, Code.Unavailable);
 });
+
+/** A status server of the reporter's own process: records Reports, answers unless told to hang. */
+function localStatus() {
+  const reports: ReportRequest[] = [];
+  const local = {
+    closed: false,
+    hangNext: 0,
+    reports,
+    report: (req: ReportRequest) => {
+      reports.push(req);
+      if (local.hangNext > 0) {
+        local.hangNext--;
+        return new Promise<never>(() => {});
+      }
+      const ok = { accepted: true, duplicate: false, reason: "" };
+      return Promise.resolve({ created: req.created.map(() => ok), transitions: req.transitions.map(() => ok) });
+    },
+  };
+  return local;
+}
+
+test("a status server of the router's own process takes its Reports, as objects; once it closes, they go to the registered ones", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const local = localStatus();
+  const r = reporter(peer, { local });
+  t.teardown(() => r.close());
+
+  t.true(await r.create(create(TaskSchema, { id: "t1", pipeline: "p" }), [step("t1", "s1", State.UNSPECIFIED, State.PENDING)]));
+  await r.sendDurable(step("t1", "", State.PENDING, State.RUNNING));
+  t.deepEqual(local.reports.map((q) => [q.created.map((c) => c.id), ids(q), q.routerId]), [
+    [["t1"], ["t1:s1:PENDING"], "router-test"],
+    [[], ["t1::RUNNING"], "router-test"],
+  ]);
+  t.is(local.reports[0]?.$unknown, undefined, "nothing encoded for an in-process Report");
+  t.is(peer.reports.length, 0, "no Report went over the network");
+
+  local.closed = true;
+  await r.sendDurable(step("t1", "", State.RUNNING, State.SUCCEEDED));
+  t.is(local.reports.length, 2);
+  t.deepEqual(peer.reports.map(ids), [["t1::SUCCEEDED"]], "a registered status server took it");
+});
+
+test("a Report that this process's status server does not answer within the deadline is sent again", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const local = localStatus();
+  local.hangNext = 1;
+  const r = reporter(peer, { local, reportTimeoutMs: 200 });
+  t.teardown(() => r.close());
+  await r.sendDurable(step("t2", "", State.PENDING, State.RUNNING));
+  t.deepEqual(local.reports.map(ids), [["t2::RUNNING"], ["t2::RUNNING"]], "the same Report twice (Report is replay-safe)");
+});

@@ -7,7 +7,7 @@ import {
   type Logger,
   type Member,
   ReportRequestSchema,
-  type ReportResponse,
+  type ReportRequest,
   StatusService,
   type Task,
   type Transition,
@@ -75,6 +75,32 @@ export interface StatusReporterOptions {
    * carried, its round trip in seconds, and whether StatusService answered it. Default none.
    */
   onReport?: (items: number, seconds: number, ok: boolean) => void;
+  /**
+   * A status server of this process (the router's own, see RouterOptions.serveStatus):
+   * Reports go to its task store directly, without encoding or a network hop, while it is
+   * open; to the registered status servers otherwise. Default none.
+   */
+  local?: LocalStatus;
+  /** The deadline of a Report, in milliseconds: past it, it is sent again. Default 10000. */
+  reportTimeoutMs: number;
+}
+
+/** The outcomes of a Report: one per created task and one per transition, in request order. */
+interface ReportOutcomes {
+  readonly created: readonly { readonly accepted: boolean; readonly duplicate: boolean; readonly reason: string }[];
+  readonly transitions: readonly {
+    readonly accepted: boolean;
+    readonly reason: string;
+    readonly notOwner?: boolean;
+  }[];
+}
+
+/** What the reporter needs of a status server's task store (services/status/task-store.ts). */
+export interface LocalStatus {
+  /** True once it refuses reports (it is closing). */
+  readonly closed: boolean;
+  /** Applies a Report; resolves once it is durable. */
+  report(req: ReportRequest): Promise<ReportOutcomes>;
 }
 
 const DEFAULT_STATUS_REPORTER_OPTIONS: Readonly<StatusReporterOptions> = Object.freeze({
@@ -84,6 +110,7 @@ const DEFAULT_STATUS_REPORTER_OPTIONS: Readonly<StatusReporterOptions> = Object.
   lanes: 1,
   lingerMs: 250,
   idleReleaseBelow: 16,
+  reportTimeoutMs: 10_000,
 });
 
 /**
@@ -393,10 +420,40 @@ class Lane {
     return max;
   }
 
-  async #send(batch: Item[]): Promise<void> {
+  /** One Report: to this process's status server while it is open, else to a registered one. */
+  async #report(created: Task[], transitions: Transition[]): Promise<ReportOutcomes> {
+    const local = this.#opts.local;
+    if (local && !local.closed) {
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        return await Promise.race([
+          local.report(create(ReportRequestSchema, { created, transitions, routerId: this.#routerId })),
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(dsatError(Code.DeadlineExceeded, `this process's status server did not store a Report within ${this.#opts.reportTimeoutMs} ms`)),
+              this.#opts.reportTimeoutMs,
+            );
+          }),
+        ]);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
     const servers = this.#servers();
     if (servers.length === 0) throw dsatError(Code.Unavailable, "no status server is registered in etcd");
     const server = servers[this.#next++ % servers.length] as Member;
+    // The transitions go in already encoded by the hand-written encoder (field 3 entries
+    // in $unknown, which toBinary writes as they are): the same request for a decoder.
+    const req = create(ReportRequestSchema, { created, routerId: this.#routerId });
+    req.$unknown = transitions.map((t) => ({
+      no: TRANSITIONS_FIELD,
+      wireType: WireType.LengthDelimited,
+      data: encodeTransitionField(TRANSITIONS_FIELD, t).subarray(1),
+    }));
+    return clientTo(StatusService, server.address).report(req, { timeoutMs: this.#opts.reportTimeoutMs });
+  }
+
+  async #send(batch: Item[]): Promise<void> {
     const createdItems: Item[] = [];
     const created: Task[] = [];
     const transitions: Transition[] = [];
@@ -409,18 +466,10 @@ class Lane {
     }
     if (created.length === 0 && transitions.length === 0) return;
     this.reports++;
-    // The transitions go in already encoded by the hand-written encoder (field 3 entries
-    // in $unknown, which toBinary writes as they are): the same request for a decoder.
-    const req = create(ReportRequestSchema, { created, routerId: this.#routerId });
-    req.$unknown = transitions.map((t) => ({
-      no: TRANSITIONS_FIELD,
-      wireType: WireType.LengthDelimited,
-      data: encodeTransitionField(TRANSITIONS_FIELD, t).subarray(1),
-    }));
     const started = performance.now();
-    let res: ReportResponse | undefined;
+    let res: ReportOutcomes | undefined;
     try {
-      res = await clientTo(StatusService, server.address).report(req, { timeoutMs: 10_000 });
+      res = await this.#report(created, transitions);
     } finally {
       this.#opts.onReport?.(created.length + transitions.length, (performance.now() - started) / 1000, res !== undefined);
     }
