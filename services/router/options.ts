@@ -65,7 +65,8 @@ export interface RouterOptions {
   serveStatus: boolean;
   /**
    * Options of the status server served with serveStatus (task retention, etcd quota, …).
-   * etcd, prefix, lease TTL, id and metrics are the router's.
+   * etcd, prefix, lease TTL, id and metrics are the router's; its lanes are statusLanes
+   * unless set here.
    */
   status: Partial<StatusOptions>;
   logger: Logger;

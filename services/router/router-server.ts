@@ -249,6 +249,7 @@ export class RouterServer {
     let router: RouterServer | undefined;
     const embeddedStatus = opts.serveStatus
       ? StatusServer.embed({
+          lanes: opts.statusLanes,
           ...opts.status,
           etcd,
           prefix: opts.prefix,
