@@ -26,7 +26,7 @@ const { values } = parseArgs({
   strict: true,
 });
 const quick = values.quick === true;
-const only = new Set((values.only ?? "raw,moleculer,dsat,dsat-traced,memory").split(",").map((s) => s.trim()));
+const only = new Set((values.only ?? "raw,moleculer,dsat,dsat-traced,dsat-status-process,memory").split(",").map((s) => s.trim()));
 const RESULTS = join(ROOT, "bench/results");
 /** The whole run is bounded: past this, it stops what it started and fails. */
 const RUN_TIMEOUT_MS = 15 * 60_000;
@@ -84,8 +84,16 @@ function start(system: ScenarioResult["system"], profile = false): Promise<Deplo
       return startDsat({
         ...dsatEchoPipeline(DSAT_WORKER_CONCURRENCY),
         routerNodeFlags: profile ? cpuProf("router") : [],
+        routerArgs: [],
+        serveStatus: true,
+      });
+    case "dsat-status-process":
+      return startDsat({
+        ...dsatEchoPipeline(DSAT_WORKER_CONCURRENCY),
+        routerNodeFlags: profile ? cpuProf("router-split") : [],
         statusNodeFlags: profile ? cpuProf("status") : [],
         routerArgs: [],
+        system: "dsat-status-process",
       });
     case "dsat-traced":
       return startOtlpSink().then((endpoint) =>
@@ -93,6 +101,7 @@ function start(system: ScenarioResult["system"], profile = false): Promise<Deplo
           ...dsatEchoPipeline(DSAT_WORKER_CONCURRENCY),
           routerNodeFlags: [],
           routerArgs: [],
+          serveStatus: true,
           system: "dsat-traced",
           env: {
             OTEL_TRACES_EXPORTER: "otlp",
@@ -224,6 +233,7 @@ try {
     ["moleculer", 1000],
     ["dsat", 1000],
     ["dsat-traced", 1000],
+    ["dsat-status-process", 1000],
     ["raw", 100],
     ["moleculer", 100],
     ["dsat", 100],
@@ -268,7 +278,9 @@ try {
     say("running the bounded-memory mode…");
     try {
       report.memory = await runMemoryMode({ tasks: 10_000, probe: 1_000, slowMs: 50, slowConcurrency: 1 });
-      say(`  router peak RSS ${Math.round((report.memory.peakRssBy.router ?? 0) / 1e6)} MB`);
+      say(`  router peak RSS ${Math.round((report.memory.peakRssBy.router ?? 0) / 1e6)} MB (status in its own process)`);
+      report.memoryServeStatus = await runMemoryMode({ tasks: 10_000, probe: 1_000, slowMs: 50, slowConcurrency: 1, serveStatus: true });
+      say(`  router peak RSS ${Math.round((report.memoryServeStatus.peakRssBy.router ?? 0) / 1e6)} MB (serving StatusService itself)`);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       report.failures.push({ id: "memory", error: message });
@@ -277,9 +289,9 @@ try {
   }
 
   if (values.profile) {
-    say("running dsat at 1000 in flight with the router and the status server under node --cpu-prof…");
+    say("running dsat at 1000 in flight with the router (and the status server it serves) under node --cpu-prof…");
     mkdirSync(RESULTS, { recursive: true });
-    const files = { router: join(RESULTS, "router.cpuprofile"), status: join(RESULTS, "status.cpuprofile") };
+    const files = { router: join(RESULTS, "router.cpuprofile") };
     for (const f of Object.values(files)) rmSync(f, { force: true });
     const dep = await start("dsat", true);
     running.set("profile", dep);

@@ -8,7 +8,7 @@ import { type BenchProcess, COMPILED_NODE_FLAGS, compiledEntry, SERVICE_NODE_FLA
 
 /** A system started for one scenario: its processes, and the driver that loads it. */
 export interface Deployment {
-  readonly system: "raw" | "moleculer" | "dsat" | "dsat-traced";
+  readonly system: "raw" | "moleculer" | "dsat" | "dsat-traced" | "dsat-status-process";
   /** Every process of the system (not the driver), in start order. */
   readonly processes: BenchProcess[];
   /** The driver's entry, arguments (the bench adds --plan) and Node flags (default NODE_FLAGS). */
@@ -100,14 +100,19 @@ export interface DsatDeploymentOptions {
   routerArgs: string[];
   /** Environment of every dsat process (OTEL_* for the traced run). Default none. */
   env?: Record<string, string>;
+  /**
+   * The router serves StatusService itself (--serve-status) and no status process runs.
+   * Default false: a status process of its own.
+   */
+  serveStatus?: boolean;
   /** How the report names it. Default "dsat". */
-  system?: "dsat" | "dsat-traced";
+  system?: "dsat" | "dsat-traced" | "dsat-status-process";
 }
 
 /**
- * dsat: a LocalEtcd, one status server, one router, one worker per stage, each a process
- * started through the real entries; the pipeline (the stages in a chain) applied through
- * the status server.
+ * dsat: a LocalEtcd, one status server (a process, or the router itself with serveStatus),
+ * one router, one worker per stage, each a process started through the real entries; the
+ * pipeline (the stages in a chain) applied through the status server.
  */
 export async function startDsat(options: DsatDeploymentOptions): Promise<Deployment> {
   const processes: BenchProcess[] = [];
@@ -123,20 +128,25 @@ export async function startDsat(options: DsatDeploymentOptions): Promise<Deploym
       await etcd.start();
       processes.push(wrap("etcd", etcd.process as NonNullable<typeof etcd.process>, etcd.endpoint));
       const common = ["--etcd", etcd.endpoint, "--lease-ttl", "5"];
+      const routerArgs = [...common, ...(options.serveStatus ? ["--serve-status"] : []), ...options.routerArgs];
       const [status, router] = await Promise.all([
-        startService("status", compiledEntry("status"), common, {
-          baseFlags: SERVICE_NODE_FLAGS,
-          nodeFlags: options.statusNodeFlags ?? [],
-          env: options.env ?? {},
-        }),
-        startService("router", compiledEntry("router"), [...common, ...options.routerArgs], {
+        options.serveStatus
+          ? undefined
+          : startService("status", compiledEntry("status"), common, {
+              baseFlags: SERVICE_NODE_FLAGS,
+              nodeFlags: options.statusNodeFlags ?? [],
+              env: options.env ?? {},
+            }),
+        startService("router", compiledEntry("router"), routerArgs, {
           baseFlags: SERVICE_NODE_FLAGS,
           nodeFlags: options.routerNodeFlags,
           env: options.env ?? {},
         }),
       ]);
-      processes.push(status, router);
-      const client = createClient({ routers: [router.address], status: [status.address] });
+      if (status) processes.push(status);
+      processes.push(router);
+      const statusAddress = status?.address ?? router.address;
+      const client = createClient({ routers: [router.address], status: [statusAddress] });
       try {
         await client.applyPipeline({ name: options.pipeline, stages: options.workers.map((w) => ({ name: w.stage })) });
         const workers = await Promise.all(
@@ -166,7 +176,7 @@ export async function startDsat(options: DsatDeploymentOptions): Promise<Deploym
         processes,
         driver: {
           entry: "bench/dsat/dsat-driver.ts",
-          args: ["--router", router.address, "--status", status.address, "--pipeline", options.pipeline],
+          args: ["--router", router.address, "--status", statusAddress, "--pipeline", options.pipeline],
           nodeFlags: COMPILED_NODE_FLAGS,
         },
         etcdMetricsUrl: `http://${etcd.endpoint}/metrics`,

@@ -16,6 +16,8 @@ export interface MemoryOptions {
   slowMs: number;
   /** Tasks the slow stage's worker runs at once. */
   slowConcurrency: number;
+  /** The router serves StatusService itself (--serve-status): no status process. Default false. */
+  serveStatus?: boolean;
 }
 
 /** What the bounded-memory mode saw. */
@@ -49,6 +51,7 @@ export async function runMemoryMode(options: MemoryOptions): Promise<MemoryResul
     ],
     routerNodeFlags: [],
     routerArgs: [],
+    serveStatus: options.serveStatus ?? false,
   });
   try {
     const router = dep.processes.find((p) => p.name === "router") as BenchProcess;
