@@ -1,4 +1,20 @@
+/**
+ * Runs one RouterServer as a process, until SIGTERM (it drains, then exits 0) or SIGINT:
+ *
+ *   node --conditions=@dsat/source services/router/main.ts --etcd 127.0.0.1:2379 --port 0 \
+ *     [--host 127.0.0.1] [--prefix /dsat/v1/] [--lease-ttl 5] [--id ID] [--satellite NAME] \
+ *     [--max-tasks 10000] [--stage-wait-ms 0] [--status-linger-ms 250] [--status-lanes 1] \
+ *     [--status-give-up-ms 60000] [--metrics-port 0] \
+ *     [--serve-status [--task-retention-ms 3600000] [--etcd-quota-bytes 2147483648]]
+ *
+ * --serve-status (or DSAT_SERVE_STATUS=1) serves StatusService and PipelineService in this
+ * process too, on the router's port: the router stores its own tasks' states without a
+ * network hop (see RouterOptions.embedStatus); --task-retention-ms and --etcd-quota-bytes
+ * are that status server's. Other flags: services/common/run-service.ts.
+ */
+import type { Etcd3 } from "etcd3";
 import { runService } from "../common/run-service.ts";
+import { StatusServer } from "../status/status-server.ts";
 import { RouterServer } from "./router-server.ts";
 
 await runService("router", async (flags) => {
@@ -16,11 +32,25 @@ await runService("router", async (flags) => {
       : {}),
     ...(typeof flags.rest["status-lanes"] === "string" ? { statusLanes: Number(flags.rest["status-lanes"]) } : {}),
     ...(typeof flags.rest["status-give-up-ms"] === "string" ? { statusGiveUpMs: Number(flags.rest["status-give-up-ms"]) } : {}),
-    serveStatus: flags.rest["serve-status"] === true || process.env.DSAT_SERVE_STATUS === "1",
-    status: {
-      ...(typeof flags.rest["task-retention-ms"] === "string" ? { taskRetentionMs: Number(flags.rest["task-retention-ms"]) } : {}),
-      ...(typeof flags.rest["etcd-quota-bytes"] === "string" ? { etcdQuotaBytes: Number(flags.rest["etcd-quota-bytes"]) } : {}),
-    },
+    ...(flags.rest["serve-status"] === true || process.env.DSAT_SERVE_STATUS === "1"
+      ? {
+          embedStatus: (etcd: Etcd3, id: string, lanes: number) =>
+            StatusServer.embed({
+              etcd,
+              id,
+              lanes,
+              prefix: flags.prefix,
+              leaseTtlSeconds: flags.leaseTtlSeconds,
+              ...(flags.metrics ? { metrics: flags.metrics } : {}),
+              ...(typeof flags.rest["task-retention-ms"] === "string"
+                ? { taskRetentionMs: Number(flags.rest["task-retention-ms"]) }
+                : {}),
+              ...(typeof flags.rest["etcd-quota-bytes"] === "string"
+                ? { etcdQuotaBytes: Number(flags.rest["etcd-quota-bytes"]) }
+                : {}),
+            }),
+        }
+      : {}),
     ...(flags.id ? { id: flags.id } : {}),
     ...(flags.maxTasks ? { maxTasks: flags.maxTasks } : {}),
     ...(flags.metrics ? { metrics: flags.metrics } : {}),

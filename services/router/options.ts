@@ -1,7 +1,7 @@
 import type { Etcd3 } from "etcd3";
 import type { Logger } from "@dsat/sdk";
 import type { MetricsRegistry } from "../common/metrics.ts";
-import type { StatusOptions } from "../status/options.ts";
+import type { EmbedStatus } from "../common/embedded-status.ts";
 
 /** Options of a router. */
 export interface RouterOptions {
@@ -60,15 +60,10 @@ export interface RouterOptions {
    * Serve StatusService and PipelineService in this process too, on the router's port, as
    * a status member with the router's id: the router's Reports then go to it in-process
    * (nothing encoded, no network hop), and every other member can use it as any status
-   * server. Default false: the router reports to the status servers registered in etcd.
+   * server. The process entry's --serve-status passes StatusServer.embed here. Default
+   * none: the router reports to the status servers registered in etcd.
    */
-  serveStatus: boolean;
-  /**
-   * Options of the status server served with serveStatus (task retention, etcd quota, …).
-   * etcd, prefix, lease TTL, id and metrics are the router's; its lanes are statusLanes
-   * unless set here.
-   */
-  status: Partial<StatusOptions>;
+  embedStatus?: EmbedStatus;
   logger: Logger;
   /** Where the router's metrics go (a process serves them, see services/common/metrics.ts). Default none: no metrics. */
   metrics?: MetricsRegistry;
@@ -91,8 +86,6 @@ export const DEFAULT_ROUTER_OPTIONS = Object.freeze({
   statusLingerMs: 250,
   statusLanes: 1,
   statusGiveUpMs: 60_000,
-  serveStatus: false,
-  status: {},
 });
 
 /** Refuses options a router cannot run with, naming the option and the range it takes. */

@@ -60,12 +60,12 @@ import {
 } from "@dsat/sdk";
 import type * as grpc from "@grpc/grpc-js";
 import type { Etcd3 } from "etcd3";
+import type { EmbeddedStatus } from "../common/embedded-status.ts";
 import { encodeTaskBase, rememberTaskBase } from "./assignment-encoding.ts";
 import { submitStreamHandler } from "./handlers.ts";
 import { checkRouterOptions, DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
 import { PipelineCache } from "./pipeline-cache.ts";
 import { adoptTraceMetadata, type BatchHop, RouterTelemetry } from "./router-telemetry.ts";
-import { type EmbeddedStatus, StatusServer } from "../status/status-server.ts";
 import { StatusReporter } from "./status-reporter.ts";
 import type { StageRun, TaskRun } from "./task-run.ts";
 import { WorkerLink } from "./worker-link.ts";
@@ -122,9 +122,9 @@ export class RouterServer {
   readonly #routers: MemberWatcher;
   readonly #pipelines: PipelineCache;
   readonly #reporter: StatusReporter;
-  /** The status server this process serves with the router (serveStatus), before and once it started. */
+  /** The status server this process serves with the router (embedStatus), before and once it started. */
   readonly #embeddedStatus: EmbeddedStatus | undefined;
-  #statusServer: StatusServer | undefined;
+  #statusServer: { close(): Promise<void> } | undefined;
   /** Spans and metrics; undefined when both are off. */
   readonly #telemetry: RouterTelemetry | undefined;
   readonly #tasks = new Map<string, TaskRun>();
@@ -247,17 +247,7 @@ export class RouterServer {
     const ownEtcd = typeof opts.etcd === "string";
     const etcd = typeof opts.etcd === "string" ? connectEtcd({ endpoints: opts.etcd }) : opts.etcd;
     let router: RouterServer | undefined;
-    const embeddedStatus = opts.serveStatus
-      ? StatusServer.embed({
-          lanes: opts.statusLanes,
-          ...opts.status,
-          etcd,
-          prefix: opts.prefix,
-          leaseTtlSeconds: opts.leaseTtlSeconds,
-          id,
-          ...(opts.metrics ? { metrics: opts.metrics } : {}),
-        })
-      : undefined;
+    const embeddedStatus = opts.embedStatus?.(etcd, id, opts.statusLanes);
     const server = await startGrpcServer(
       [RouterService, WorkerService, ...(embeddedStatus?.services ?? [])],
       (s) => {

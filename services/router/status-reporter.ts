@@ -7,12 +7,12 @@ import {
   type Logger,
   type Member,
   ReportRequestSchema,
-  type ReportRequest,
   StatusService,
   type Task,
   type Transition,
   toDsatError,
 } from "@dsat/sdk";
+import type { LocalStatus, ReportOutcomes } from "../common/embedded-status.ts";
 import { laneOf } from "../common/lanes.ts";
 import { encodeTransitionField } from "../common/transition-encoding.ts";
 
@@ -76,31 +76,13 @@ export interface StatusReporterOptions {
    */
   onReport?: (items: number, seconds: number, ok: boolean) => void;
   /**
-   * A status server of this process (the router's own, see RouterOptions.serveStatus):
+   * A status server of this process (the router's own, see RouterOptions.embedStatus):
    * Reports go to its task store directly, without encoding or a network hop, while it is
    * open; to the registered status servers otherwise. Default none.
    */
   local?: LocalStatus;
   /** The deadline of a Report, in milliseconds: past it, it is sent again. Default 10000. */
   reportTimeoutMs: number;
-}
-
-/** The outcomes of a Report: one per created task and one per transition, in request order. */
-interface ReportOutcomes {
-  readonly created: readonly { readonly accepted: boolean; readonly duplicate: boolean; readonly reason: string }[];
-  readonly transitions: readonly {
-    readonly accepted: boolean;
-    readonly reason: string;
-    readonly notOwner?: boolean;
-  }[];
-}
-
-/** What the reporter needs of a status server's task store (services/status/task-store.ts). */
-export interface LocalStatus {
-  /** True once it refuses reports (it is closing). */
-  readonly closed: boolean;
-  /** Applies a Report; resolves once it is durable. */
-  report(req: ReportRequest): Promise<ReportOutcomes>;
 }
 
 const DEFAULT_STATUS_REPORTER_OPTIONS: Readonly<StatusReporterOptions> = Object.freeze({

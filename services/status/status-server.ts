@@ -21,9 +21,9 @@ import {
   startGrpcServer,
   toDsatError,
 } from "@dsat/sdk";
-import type { DescService } from "@bufbuild/protobuf";
 import type * as grpc from "@grpc/grpc-js";
 import type { Etcd3 } from "etcd3";
+import type { EmbeddedStatus } from "../common/embedded-status.ts";
 import { DEFAULT_ETCD_SPACE_OPTIONS, EtcdSpaceWatch } from "./etcd-space.ts";
 import { PipelineHandlers, StatusHandlers } from "./handlers.ts";
 import { resolveStatusOptions, type StatusOptions } from "./options.ts";
@@ -47,27 +47,11 @@ interface StatusParts {
 }
 
 /**
- * A status server served by another process's gRPC server (a router's, with
- * `RouterOptions.serveStatus`): its services are added while that server is built, and it
- * starts once the server listens. See {@link StatusServer.embed}.
- */
-export interface EmbeddedStatus {
-  /** The services it adds, for the host server's health and reflection. */
-  readonly services: readonly DescService[];
-  /** Its task store: a host in the same process reports to it without gRPC. */
-  readonly store: TaskStore;
-  /** Adds StatusService and PipelineService to the host's server (before it listens). */
-  addToServer(server: grpc.Server): void;
-  /** Registers it as a status member at the host's address and reports its services SERVING. */
-  start(server: RunningGrpcServer): Promise<StatusServer>;
-}
-
-/**
  * StatusServer serves StatusService and PipelineService (plus health and reflection)
  * and registers itself in etcd as a STATUS member. Any number of them may run against
  * one etcd: each reads and fences its writes there, so they answer alike. It runs as a
- * process of its own ({@link StatusServer.start}) or inside a router's
- * ({@link StatusServer.embed}).
+ * process of its own ({@link StatusServer.start}) or inside a router's process, served by the
+ * router's gRPC server ({@link StatusServer.embed}).
  */
 export class StatusServer {
   /** The member id. */
@@ -148,7 +132,7 @@ export class StatusServer {
    * host's etcd client (which the host closes). Its host, port and advertise options are
    * unused: it is reached at the host's address.
    */
-  static embed(options: Partial<StatusOptions> & { etcd: Etcd3 }): EmbeddedStatus {
+  static embed(options: Partial<StatusOptions> & { etcd: Etcd3 }): EmbeddedStatus & { start(server: RunningGrpcServer): Promise<StatusServer> } {
     const opts = resolveStatusOptions(options);
     const parts = statusParts(opts, options.etcd);
     return {
