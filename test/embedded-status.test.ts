@@ -8,6 +8,7 @@ import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../s
 import { StatusServer } from "../services/status/status-server.ts";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
 import { scrape } from "./helpers/metrics.ts";
+import { runThroughKilledRouter } from "./helpers/takeover.ts";
 import type { ServiceProcess } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -82,34 +83,17 @@ test.serial("each router is a status member at its own address, serves StatusSer
 
 test.serial("a router killed with -9 takes its status server with it: the other router takes its tasks over, each ends once", async (t) => {
   const [doomed, survivor] = mesh.routers as [ServiceProcess, ServiceProcess];
-  const viaDoomed = createClient({ etcd: mesh.etcd.endpoint, routers: [doomed.address] });
-  try {
-    await waitFor(async () => {
-      const views = await viaDoomed.listWorkers();
-      return (views[0]?.workers.filter((w) => w.connected).length ?? 0) === 2;
-    }, { what: "the doomed router to connect to both workers" });
-    // 6 run at once at stage hold, the other 14 wait in the doomed router's queue.
-    const runs = Array.from({ length: 20 }, (_, i) => viaDoomed.run("two", { ms: 1200, i }));
-    await waitFor(async () => {
-      const views = await viaDoomed.listWorkers();
-      return views[0]?.workers.find((w) => w.stage === "hold" && w.inFlight === 6);
-    }, { what: "the hold worker to be full" });
-    await doomed.kill9();
-
-    // The client reads the ends from the status server left (the survivor's).
-    const results = await Promise.all(runs);
-    for (const r of results) t.is(stateName(r.state), "SUCCEEDED", `${r.taskId}: ${r.error?.message}`);
-    for (const r of results) {
-      const s = await mesh.client.getState(r.taskId, { history: true });
-      t.is(s.routerId, survivor.id, "the survivor drives the task now");
-      t.is(s.history.filter((h) => h.stage === "" && h.to === State.SUCCEEDED).length, 1, "exactly one terminal result");
-    }
-    await waitFor(async () => (await kv.getAll().prefix(new Keys().membersOf("status")).keys()).length === 1, {
-      what: "the killed router's status member to leave with its lease",
-    });
-  } finally {
-    await viaDoomed.close();
+  // The client reads the ends from the status server left (the survivor's).
+  const results = await runThroughKilledRouter(mesh, doomed);
+  for (const r of results) t.is(stateName(r.state), "SUCCEEDED", `${r.taskId}: ${r.error?.message}`);
+  for (const r of results) {
+    const s = await mesh.client.getState(r.taskId, { history: true });
+    t.is(s.routerId, survivor.id, "the survivor drives the task now");
+    t.is(s.history.filter((h) => h.stage === "" && h.to === State.SUCCEEDED).length, 1, "exactly one terminal result");
   }
+  await waitFor(async () => (await kv.getAll().prefix(new Keys().membersOf("status")).keys()).length === 1, {
+    what: "the killed router's status member to leave with its lease",
+  });
 });
 
 test.serial("a router that drains ends its tasks and stores their ends in its own status server before that one leaves", async (t) => {

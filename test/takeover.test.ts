@@ -1,7 +1,7 @@
 import test from "ava";
-import { createClient, State, stateName } from "@dsat/sdk";
+import { State, stateName } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
-import { waitFor } from "./helpers/wait.ts";
+import { runThroughKilledRouter } from "./helpers/takeover.ts";
 
 let mesh: TestMesh;
 
@@ -26,38 +26,20 @@ test.after.always(async () => {
 test.serial("a router killed with -9 while it holds tasks: another takes them over and every task ends once", async (t) => {
   const [doomed, survivor] = mesh.routers;
   if (!doomed || !survivor) throw new Error("two routers expected");
-  // This client submits through the doomed router only; it reads ends from StatusService.
-  const viaDoomed = createClient({ etcd: mesh.etcd.endpoint, routers: [doomed.address] });
-  try {
-    await waitFor(async () => {
-      const views = await viaDoomed.listWorkers();
-      return (views[0]?.workers.filter((w) => w.connected).length ?? 0) === 2;
-    }, { what: "the doomed router to connect to both workers" });
-    // 6 run at once at stage hold, the other 14 wait in the doomed router's queue.
-    const runs = Array.from({ length: 20 }, (_, i) => viaDoomed.run("two", { ms: 1200, i }));
-    await waitFor(async () => {
-      const views = await viaDoomed.listWorkers();
-      return views[0]?.workers.find((w) => w.stage === "hold" && w.inFlight === 6);
-    }, { what: "the hold worker to be full" });
-    await doomed.kill9();
-
-    const results = await Promise.all(runs);
-    for (const r of results) t.is(stateName(r.state), "SUCCEEDED", `${r.taskId}: ${r.error?.message}`);
-    for (const r of results) {
-      const s = await mesh.client.getState(r.taskId, { history: true });
-      t.is(s.state, State.SUCCEEDED);
-      t.is(s.routerId, survivor.id, "the survivor drives the task now");
-      const terminals = s.history.filter((h) => h.stage === "" && h.to === State.SUCCEEDED);
-      t.is(terminals.length, 1, "exactly one terminal result");
-      // The second stage got the first stage's output, whoever dispatched it.
-      t.deepEqual(r.output.json<{ input: { held: number } }>().input.held, 1200);
-    }
-    const redone = await Promise.all(results.map((r) => mesh.client.getState(r.taskId, { history: true })));
-    t.true(
-      redone.some((s) => s.history.some((h) => h.error?.message.includes("was lost"))),
-      "tasks that ran on the doomed router's streams were dispatched again",
-    );
-  } finally {
-    await viaDoomed.close();
+  const results = await runThroughKilledRouter(mesh, doomed);
+  for (const r of results) t.is(stateName(r.state), "SUCCEEDED", `${r.taskId}: ${r.error?.message}`);
+  for (const r of results) {
+    const s = await mesh.client.getState(r.taskId, { history: true });
+    t.is(s.state, State.SUCCEEDED);
+    t.is(s.routerId, survivor.id, "the survivor drives the task now");
+    const terminals = s.history.filter((h) => h.stage === "" && h.to === State.SUCCEEDED);
+    t.is(terminals.length, 1, "exactly one terminal result");
+    // The second stage got the first stage's output, whoever dispatched it.
+    t.deepEqual(r.output.json<{ input: { held: number } }>().input.held, 1200);
   }
+  const redone = await Promise.all(results.map((r) => mesh.client.getState(r.taskId, { history: true })));
+  t.true(
+    redone.some((s) => s.history.some((h) => h.error?.message.includes("was lost"))),
+    "tasks that ran on the doomed router's streams were dispatched again",
+  );
 });

@@ -1,0 +1,30 @@
+import { createClient, type RunResult } from "@dsat/sdk";
+import type { TestMesh } from "./mesh.ts";
+import type { ServiceProcess } from "./processes.ts";
+import { waitFor } from "./wait.ts";
+
+/**
+ * Kills a router with -9 while it holds tasks, and waits for their results: through
+ * `doomed` only, 20 tasks of pipeline "two" (stages hold, then echo; `hold` takes 6 at a
+ * time for 1.2 s), killed once the hold worker is full, so that 6 run and 14 wait in its
+ * queue. The client reads the ends from StatusService. The mesh needs that pipeline and
+ * one worker per stage (test/fixtures/stages.ts hold and echo).
+ */
+export async function runThroughKilledRouter(mesh: TestMesh, doomed: ServiceProcess): Promise<RunResult[]> {
+  const viaDoomed = createClient({ etcd: mesh.etcd.endpoint, routers: [doomed.address] });
+  try {
+    await waitFor(async () => {
+      const views = await viaDoomed.listWorkers();
+      return (views[0]?.workers.filter((w) => w.connected).length ?? 0) === 2;
+    }, { what: "the doomed router to connect to both workers" });
+    const runs = Array.from({ length: 20 }, (_, i) => viaDoomed.run("two", { ms: 1200, i }));
+    await waitFor(async () => {
+      const views = await viaDoomed.listWorkers();
+      return views[0]?.workers.find((w) => w.stage === "hold" && w.inFlight === 6);
+    }, { what: "the hold worker to be full" });
+    await doomed.kill9();
+    return await Promise.all(runs);
+  } finally {
+    await viaDoomed.close();
+  }
+}
