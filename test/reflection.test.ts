@@ -25,6 +25,8 @@ process.env.DSAT_LOG_LEVEL ??= "error";
 let etcd: TestEtcd;
 let status: StatusServer;
 let router: RouterServer;
+/** A router that serves StatusService itself (what --serve-status makes). */
+let routerWithStatus: RouterServer;
 let worker: Worker;
 
 /** The servers under test: each with the dsat services it serves. */
@@ -32,6 +34,11 @@ const servers = (): { kind: string; address: string; services: DescService[] }[]
   { kind: "router", address: router.address, services: [RouterService, WorkerService] },
   { kind: "worker", address: worker.address, services: [WorkerService] },
   { kind: "status", address: status.address, services: [StatusService, PipelineService] },
+  {
+    kind: "router serving status",
+    address: routerWithStatus.address,
+    services: [RouterService, WorkerService, StatusService, PipelineService],
+  },
 ];
 
 /** Every server serves these besides its own. */
@@ -41,12 +48,18 @@ test.before(async () => {
   etcd = await startEtcd();
   status = await StatusServer.start({ etcd: etcd.endpoint, leaseTtlSeconds: 2 });
   router = await RouterServer.start({ etcd: etcd.endpoint, leaseTtlSeconds: 2 });
+  routerWithStatus = await RouterServer.start({
+    etcd: etcd.endpoint,
+    leaseTtlSeconds: 2,
+    embedStatus: (client, id, lanes) => StatusServer.embed({ etcd: client, id, lanes, leaseTtlSeconds: 2 }),
+  });
   worker = await createWorker({ stage: "echo", handler: (input) => input.json(), etcd: etcd.endpoint, leaseTtlSeconds: 2 });
 });
 
 test.after.always(async () => {
   await worker?.close();
   await router?.close();
+  await routerWithStatus?.close();
   await status?.close();
   await etcd?.close();
 });
@@ -168,7 +181,7 @@ function referencedTypes(files: Iterable<FileDescriptorProto>): Set<string> {
 
 // ---------------------------------------------------------------------------- tests
 
-for (const kind of ["router", "worker", "status"]) {
+for (const kind of ["router", "worker", "status", "router serving status"]) {
   test(`the ${kind} lists its services, health and reflection`, async (t) => {
     const s = servers().find((x) => x.kind === kind)!;
     const stream = new ReflectionStream(s.address);
