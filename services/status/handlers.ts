@@ -179,6 +179,31 @@ export class StatusHandlers {
           restarts = 0;
           if (sendNew(decodeStoredState(kv.value))) finish();
         });
+        // etcd3 resumes a watch after a reconnection from the store's revision at the time the
+        // watch was created, not from its last event: a change between the revision it asked
+        // for and its creation that had not arrived yet is lost. Read the state again once it
+        // is back (the history has whatever was missed).
+        let reconnecting = false;
+        w.on("disconnected", () => {
+          reconnecting = true;
+        });
+        w.on("connected", () => {
+          if (!reconnecting || finished || watcher !== w) return;
+          reconnecting = false;
+          this.#store
+            .readAt(taskId)
+            .then(({ stored }) => {
+              if (finished || watcher !== w) return;
+              if (!stored) {
+                if (lastSeq > 0n) finish(dsatError(Code.NotFound, `task "${taskId}" was deleted`));
+                return;
+              }
+              if (sendNew(stored.state)) finish();
+            })
+            .catch((err: unknown) => {
+              this.#log.debug("task watch: reading again after a reconnection failed", { task: taskId, error: toDsatError(err).message });
+            });
+        });
         w.on("delete", () => {
           if (watcher === w) finish(dsatError(Code.NotFound, `task "${taskId}" was deleted`));
         });
