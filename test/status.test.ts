@@ -10,7 +10,9 @@ import {
   MemberKind,
   MemberSchema,
   PipelineService,
+  createLogger,
   registerMember,
+  ReportRequestSchema,
   type PipelineSchema,
   State,
   StatusService,
@@ -21,7 +23,9 @@ import {
 import test from "ava";
 import type { Etcd3 } from "etcd3";
 import { MetricsRegistry } from "../services/common/metrics.ts";
+import { resolveStatusOptions } from "../services/status/options.ts";
 import { StatusServer } from "../services/status/status-server.ts";
+import { TaskStore } from "../services/status/task-store.ts";
 import { spawn } from "node:child_process";
 import { fillPastQuota, startEtcd, type TestEtcd } from "./helpers/etcd.ts";
 import { parseMetrics } from "./helpers/metrics.ts";
@@ -739,4 +743,22 @@ test("etcd out of space: Report fails RESOURCE_EXHAUSTED saying what to do; what
   t.regex(err?.rawMessage ?? "", /alarm disarm/);
   const { state } = await clientTo(StatusService, store.address).getState({ taskId: before });
   t.is(state?.task?.id, before, "reads still work");
+});
+
+test("two claims of one task by the same router at once: one hands it over, the other nothing (the router resumes it once)", async (t) => {
+  const store = new TaskStore(kv, resolveStatusOptions({ etcd: kv }), createLogger({}, "silent"));
+  const id = "claimed-twice";
+  await store.report(create(ReportRequestSchema, { routerId: "router-a", created: [{ id, pipeline: "p", payload: new Uint8Array([1]) }] }));
+  // Both claims are queued before the store takes its next batch, as when a router's claim of
+  // a router that left and its claim of every unregistered router cross.
+  const [first, second] = await Promise.all([
+    store.claim([{ taskId: id, from: "router-a" }], "router-b"),
+    store.claim([{ taskId: id, from: "router-a" }], "router-b"),
+  ]);
+  t.is(first[0]?.routerId, "router-b", "the first claim moved the task");
+  t.is(second[0], undefined, "the second one found it moved already: nothing to resume");
+  t.is((await store.read(id))?.state.routerId, "router-b");
+  // A claim from the wrong router is refused as before.
+  t.deepEqual(await store.claim([{ taskId: id, from: "router-a" }], "router-c"), [undefined]);
+  await store.close();
 });

@@ -145,7 +145,8 @@ export class TaskStore {
   /**
    * Moves tasks to router `to`, each only if router `from` (of that item) still drives it:
    * the same queue and fenced writes as reports. Resolves with each task's state after it
-   * (undefined where the claim was refused), once the moves are durable.
+   * (undefined where the claim was refused, or where `to` drove the task already), once the
+   * moves are durable.
    */
   claim(items: readonly { taskId: string; from: string }[], to: string): Promise<(TaskState | undefined)[]> {
     if (this.#closed) {
@@ -491,7 +492,9 @@ export class TaskStore {
       if (op.kind === "create") op.report.created[op.index] = outcome;
       else if (op.kind === "claim") {
         const c = op.report.claims[op.index];
-        if (c && outcome.accepted && g.next) c.state = clone(TaskStateSchema, g.next);
+        // A claim of a task that `to` drives already (two claims of the same router crossed)
+        // hands nothing over: the other claim did, and the router must not resume it twice.
+        if (c && outcome.accepted && !outcome.duplicate && g.next) c.state = clone(TaskStateSchema, g.next);
       } else {
         op.report.transitions[op.index] = outcome;
         if (!outcome.accepted) {
