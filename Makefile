@@ -66,9 +66,9 @@ unit: deps
 test: deps check-gen check-breaking lint typecheck cycles
 	$(NODE) node_modules/ava/entrypoints/cli.mjs
 
-## chaos: 10,000 tasks while workers, a router and a status server are killed and etcd restarts.
+## chaos: 10,000 tasks while workers, a router and a status server are killed and etcd restarts (CHAOS_FLAGS=--serve-status: routers serving StatusService, two of them killed).
 chaos: deps
-	$(NODE_RUN) test/chaos/chaos.ts --tasks 10000
+	$(NODE_RUN) test/chaos/chaos.ts --tasks 10000 $(CHAOS_FLAGS)
 
 ## bench: dsat beside a raw grpc-js router and Moleculer on loopback; results in bench/results/ (BENCH_FLAGS=--quick or --profile).
 bench: deps build

@@ -1,6 +1,7 @@
 // The chaos run: thousands of tasks through a three-stage pipeline on real processes while
 // workers are killed with -9 at random moments, one router and one status server are
-// killed, and etcd is restarted once. It reports what the issue asks: tasks submitted,
+// killed (with --serve-status: two routers, each with its status server, one replaced),
+// and etcd is restarted once. It reports what the issue asks: tasks submitted,
 // succeeded, lost (must be 0), duplicate terminal results (must be 0), and the peak memory
 // of each process. `make chaos` runs it long; test/chaos.test.ts runs it short.
 import { readFileSync } from "node:fs";
@@ -19,6 +20,12 @@ export interface ChaosOptions {
   workerKills: number;
   /** Seed of the random choices. Default 1. */
   seed: number;
+  /**
+   * The routers serve StatusService themselves (--serve-status) and no status process runs:
+   * router-1 is killed (its status server with it) and replaced by router-3, then router-2
+   * is killed too, instead of a router and a status process. Default false.
+   */
+  serveStatus: boolean;
   /** A line of progress for a person. */
   log: (line: string) => void;
 }
@@ -82,7 +89,13 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
     events.push(e);
     log(`  ! ${e}`);
   };
-  const mesh: TestMesh = await startMesh({ leaseTtlSeconds: 2, routers: 2, status: 2 });
+  const serveStatus = options.serveStatus ?? false;
+  const mesh: TestMesh = await startMesh({
+    leaseTtlSeconds: 2,
+    routers: 2,
+    status: serveStatus ? 0 : 2,
+    ...(serveStatus ? { routerArgs: ["--serve-status"] } : {}),
+  });
   const peak = new Map<string, number>();
   const names = new Map<ServiceProcess, string>();
   const name = (p: ServiceProcess, n: string) => names.set(p, n);
@@ -130,18 +143,31 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
         },
       });
     }
+    const [router1, router2] = mesh.routers;
     plan.push({
       at: 0.3,
       act: async () => {
-        await mesh.routers[0]?.kill9();
-        note("kill -9 router-1");
+        await router1?.kill9();
+        if (!serveStatus) {
+          note("kill -9 router-1");
+          return;
+        }
+        note("kill -9 router-1 (and the status server it served)");
+        // Before the next event (router-2's kill): with no router at all, nothing could be submitted.
+        name(await mesh.addRouter(), "router-3");
+        note("router-3 started");
       },
     });
     plan.push({
       at: 0.5,
       act: async () => {
-        await mesh.status[0]?.kill9();
-        note("kill -9 status-1");
+        if (!serveStatus) {
+          await mesh.status[0]?.kill9();
+          note("kill -9 status-1");
+          return;
+        }
+        await router2?.kill9();
+        note("kill -9 router-2 (and the status server it served)");
       },
     });
     plan.push({
@@ -159,11 +185,12 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
     let failed = 0;
     let rejected = 0;
     let wrongOutputs = 0;
-    const chaos: Promise<void>[] = [];
+    // One event at a time, in plan order: a step due while another runs waits for it.
+    let chaos: Promise<void> = Promise.resolve();
     const fire = () => {
       while (plan[0] && ended / total >= plan[0].at) {
         const e = plan.shift() as (typeof plan)[number];
-        chaos.push(e.act().catch((err: unknown) => note(`chaos step failed: ${String(err)}`)));
+        chaos = chaos.then(() => e.act().catch((err: unknown) => note(`chaos step failed: ${String(err)}`)));
       }
     };
     let lastTenth = 0;
@@ -197,7 +224,7 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
       }
     };
     await Promise.all(Array.from({ length: window }, lane));
-    await Promise.all(chaos);
+    await chaos;
 
     // Every task that exists in StatusService was accepted: each must have ended exactly once.
     let accepted = 0;
@@ -261,8 +288,13 @@ export function formatChaosReport(r: ChaosReport): string {
 if (import.meta.url === `file://${process.argv[1]}`) {
   const i = process.argv.indexOf("--tasks");
   const tasks = i > 0 ? Number(process.argv[i + 1]) : 10_000;
-  process.stdout.write(`chaos: ${tasks} tasks, workers killed with -9, a router and a status server killed, etcd restarted\n`);
-  const report = await runChaos({ tasks, window: 300, workerKills: 10, log: (l) => process.stdout.write(`${l}\n`) });
+  const serveStatus = process.argv.includes("--serve-status");
+  process.stdout.write(
+    serveStatus
+      ? `chaos: ${tasks} tasks, routers serving StatusService, workers killed with -9, two routers killed (one replaced), etcd restarted\n`
+      : `chaos: ${tasks} tasks, workers killed with -9, a router and a status server killed, etcd restarted\n`,
+  );
+  const report = await runChaos({ tasks, window: 300, workerKills: 10, serveStatus, log: (l) => process.stdout.write(`${l}\n`) });
   process.stdout.write(`\n${formatChaosReport(report)}\n`);
   process.exit(report.lost === 0 && report.duplicates === 0 && report.wrongOutputs === 0 ? 0 : 1);
 }

@@ -12,6 +12,8 @@ export interface TestMesh {
   readonly client: DsatClient;
   /** Starts one more worker process for a stage, running an export of a fixture module (default test/fixtures/stages.ts). */
   addWorker(stage: string, exportName: string, extra?: string[], module?: string): Promise<ServiceProcess>;
+  /** Starts one more router process, with the mesh's router flags (added to `routers`). */
+  addRouter(): Promise<ServiceProcess>;
   close(): Promise<void>;
 }
 
@@ -46,17 +48,19 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
   const status: ServiceProcess[] = [];
   const routers: ServiceProcess[] = [];
   const workers: ServiceProcess[] = [];
+  const addRouter = async () => {
+    const p = await startService("services/router/main.ts", [...common, ...(await metricsArgs()), ...(options.routerArgs ?? [])], env);
+    routers.push(p);
+    all.push(p);
+    return p;
+  };
   try {
     for (let i = 0; i < (options.status ?? 1); i++) {
       const p = await startService("services/status/main.ts", [...common, ...(await metricsArgs()), ...(options.statusArgs ?? [])], env);
       status.push(p);
       all.push(p);
     }
-    for (let i = 0; i < (options.routers ?? 1); i++) {
-      const p = await startService("services/router/main.ts", [...common, ...(await metricsArgs()), ...(options.routerArgs ?? [])], env);
-      routers.push(p);
-      all.push(p);
-    }
+    for (let i = 0; i < (options.routers ?? 1); i++) await addRouter();
   } catch (err) {
     await Promise.all(all.map((p) => p.kill9()));
     await etcd.close();
@@ -82,6 +86,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
       all.push(p);
       return p;
     },
+    addRouter,
     close: async () => {
       await client.close();
       await Promise.all([...all, ...workers.filter((w) => !all.includes(w))].map((p) => p.kill9()));
