@@ -96,6 +96,39 @@ test.serial("dsat up runs a satellite that the other commands drive; Ctrl-C stop
   }, { timeoutMs: 15_000, what: "every member to leave etcd after Ctrl-C" });
 });
 
+test.serial("dsat up --serve-status: no status process, the router serves StatusService; the commands work alike", async (t) => {
+  let out = "";
+  const proc = spawn(DSAT, ["up", "examples/demo/pipeline.yaml", "--serve-status", "--etcd", etcd.endpoint], {
+    cwd: ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  t.teardown(() => {
+    if (proc.exitCode === null) proc.kill("SIGKILL");
+  });
+  proc.stdout?.on("data", (d: Buffer) => (out += d.toString()));
+  proc.stderr?.on("data", (d: Buffer) => (out += d.toString()));
+  await waitFor(() => out.includes("the mesh is up"), { timeoutMs: 60_000, what: `dsat up --serve-status to be ready: ${out}` });
+  t.regex(out, /^router\s+127\.0\.0\.1:\d+\s+\S+\s+\(serves StatusService too\)$/m);
+  t.notRegex(out, /^status\s/m, "no status process");
+
+  const members = dsat("members", "--etcd", etcd.endpoint);
+  t.is(members.code, 0, members.err);
+  const addressOf = (kind: string) => [...members.out.matchAll(new RegExp(`^${kind}\\s+(\\S+)\\s+(\\S+)`, "gm"))].map((m) => `${m[1]} ${m[2]}`);
+  t.deepEqual(addressOf("status"), addressOf("router"), "one status member: the router, at its address");
+
+  const waited = dsat("submit", "demo", '{"id":5,"text":"Served by the router"}', "--wait", "--etcd", etcd.endpoint);
+  t.is(waited.code, 0, waited.err);
+  t.regex(waited.out, /SUCCEEDED\n\{"id":5,"words":4,"letters":17,"label":"short"\}/);
+
+  const exited = new Promise<number | null>((r) => proc.once("exit", (c) => r(c)));
+  proc.kill("SIGINT");
+  t.is(await exited, 0);
+  await waitFor(async () => {
+    const m = dsat("members", "--etcd", etcd.endpoint);
+    return m.code === 0 && !/^(worker|router|status)\s/m.test(m.out);
+  }, { timeoutMs: 15_000, what: "every member to leave etcd after Ctrl-C" });
+});
+
 test.serial("dsat demo runs tasks through the sample pipeline and prints a per-stage summary", (t) => {
   const r = dsat("demo", "--tasks", "60", "--window", "20", "--etcd", etcd.endpoint);
   t.is(r.code, 0, r.err);

@@ -10,7 +10,8 @@ const HELP = `dsat ${DSAT_VERSION}: a distributed pipeline mesh
 
 usage:
   dsat up [PIPELINE_FILE...]        a local satellite: etcd (unless --etcd), status, router, and
-                                    the workers each file names; Ctrl-C stops everything
+        [--serve-status]            the workers each file names; Ctrl-C stops everything;
+                                    --serve-status: the routers serve StatusService themselves
   dsat demo [--tasks N]             the sample pipeline over N tasks (default 1000), then stop
   dsat pipeline apply FILE          validate and store a pipeline definition (YAML or JSON)
   dsat pipeline list                the pipelines and their versions
@@ -46,6 +47,7 @@ const { values, positionals } = parseArgs({
     state: { type: "string" },
     limit: { type: "string" },
     once: { type: "boolean" },
+    "serve-status": { type: "boolean" },
     help: { type: "boolean", short: "h" },
   },
 });
@@ -132,6 +134,7 @@ async function up(): Promise<number> {
     dataDir: values["data-dir"],
     files,
     routers: values.routers ? Number(values.routers) : 1,
+    serveStatus: values["serve-status"] ?? false,
     log: (l) => process.stdout.write(`${l}\n`),
   });
   process.stdout.write(`\nthe mesh is up. In another terminal: dsat members, dsat submit …, dsat watch ID. Ctrl-C stops it.\n`);

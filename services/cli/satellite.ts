@@ -24,9 +24,11 @@ export interface SatelliteOptions {
   poolScaling: Partial<Omit<PoolScalerOptions, "min" | "max">>;
   /** How often the pools look at the load (Topology), in milliseconds. Default 1000. */
   sampleMs: number;
+  /** The routers serve StatusService themselves (--serve-status) and no status process runs. Default false. */
+  serveStatus: boolean;
 }
 
-/** A local satellite: etcd (maybe), a status server, routers and the workers of some pipelines. */
+/** A local satellite: etcd (maybe), a status server (or routers that serve it), routers and the workers of some pipelines. */
 export interface Satellite {
   readonly etcd: string;
   readonly client: DsatClient;
@@ -71,11 +73,16 @@ export async function startSatellite(options: Partial<SatelliteOptions> = {}): P
     }
     const ttl = String(options.leaseTtlSeconds ?? 5);
     const common = ["--etcd", etcd, "--lease-ttl", ttl];
-    const status = await supervisor.start("status", "services/status/main.ts", common);
-    log(`status    ${status.ready.address}  ${status.ready.id}`);
+    if (!options.serveStatus) {
+      const status = await supervisor.start("status", "services/status/main.ts", common);
+      log(`status    ${status.ready.address}  ${status.ready.id}`);
+    }
     for (let i = 0; i < (options.routers ?? 1); i++) {
-      const r = await supervisor.start(`router-${i + 1}`, "services/router/main.ts", common);
-      log(`router    ${r.ready.address}  ${r.ready.id}`);
+      const r = await supervisor.start(`router-${i + 1}`, "services/router/main.ts", [
+        ...common,
+        ...(options.serveStatus ? ["--serve-status"] : []),
+      ]);
+      log(`router    ${r.ready.address}  ${r.ready.id}${options.serveStatus ? "  (serves StatusService too)" : ""}`);
     }
     const client = createClient({ etcd });
     for (const f of options.files ?? []) {
