@@ -745,7 +745,7 @@ test("etcd out of space: Report fails RESOURCE_EXHAUSTED saying what to do; what
   t.is(state?.task?.id, before, "reads still work");
 });
 
-test("two claims of one task by the same router at once: one hands it over, the other nothing (the router resumes it once)", async (t) => {
+test("two claims of one task by the same router at once: one moves it, the other says it was the router's already", async (t) => {
   const store = new TaskStore(kv, resolveStatusOptions({ etcd: kv }), createLogger({}, "silent"));
   const id = "claimed-twice";
   await store.report(create(ReportRequestSchema, { routerId: "router-a", created: [{ id, pipeline: "p", payload: new Uint8Array([1]) }] }));
@@ -755,10 +755,35 @@ test("two claims of one task by the same router at once: one hands it over, the 
     store.claim([{ taskId: id, from: "router-a" }], "router-b"),
     store.claim([{ taskId: id, from: "router-a" }], "router-b"),
   ]);
-  t.is(first[0]?.routerId, "router-b", "the first claim moved the task");
-  t.is(second[0], undefined, "the second one found it moved already: nothing to resume");
+  t.is(first[0]?.state.routerId, "router-b", "the first claim moved the task");
+  t.false(first[0]?.alreadyOwned);
+  t.is(second[0]?.state.routerId, "router-b");
+  t.true(second[0]?.alreadyOwned, "the second one found it moved already: the router goes on with the run it has");
   t.is((await store.read(id))?.state.routerId, "router-b");
-  // A claim from the wrong router is refused as before.
+  // A claim from the wrong router is refused.
   t.deepEqual(await store.claim([{ taskId: id, from: "router-a" }], "router-c"), [undefined]);
   await store.close();
+});
+
+test("ClaimTasks with include_own also returns the caller's own unfinished tasks, marked already_owned, and moves only the others", async (t) => {
+  const mine = "own-task-mine";
+  const theirs = "own-task-theirs";
+  const ended = "own-task-ended";
+  const report = (routerId: string, id: string) =>
+    status().report({ routerId, created: [{ id, pipeline: "p", payload: new Uint8Array([1]) }] });
+  await report("router-own-me", mine);
+  await report("router-own-me", ended);
+  await status().report({ routerId: "router-own-me", transitions: [step(ended, "", 0, State.PENDING, State.CANCELLED)] });
+  await report("router-own-gone", theirs);
+
+  // Without include_own: only the other router's task, moved.
+  const plain = await status().claimTasks({ fromRouterId: "router-own-gone", toRouterId: "router-own-me", pageSize: 1000 });
+  t.deepEqual(plain.tasks.map((s) => s.task?.id), [theirs]);
+  t.deepEqual(plain.alreadyOwned, []);
+  // Again, with include_own (a retry after an answer was lost): both are the caller's now, and
+  // said so; the ended one is not returned.
+  const again = await status().claimTasks({ fromRouterId: "router-own-gone", toRouterId: "router-own-me", pageSize: 1000, includeOwn: true });
+  t.deepEqual(again.tasks.map((s) => s.task?.id).sort(), [mine, theirs].sort());
+  t.deepEqual([...again.alreadyOwned].sort(), [mine, theirs].sort());
+  t.true(again.tasks.every((s) => s.routerId === "router-own-me"));
 });

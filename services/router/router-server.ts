@@ -1145,11 +1145,14 @@ export class RouterServer {
       const target = status[failures % Math.max(1, status.length)];
       try {
         if (!target) throw dsatError(Code.Unavailable, "no status server is registered");
+        // After a failed call, whose claims may have been stored without the answer reaching
+        // here, this router's own unfinished tasks come back too: it resumes those it lacks.
         const res = await clientTo(StatusService, target.address).claimTasks(
-          { fromRouterId: routerId, toRouterId: this.id, pageSize: 200, pageToken: token },
+          { fromRouterId: routerId, toRouterId: this.id, pageSize: 200, pageToken: token, includeOwn: failures > 0 },
           { timeoutMs: 30_000 },
         );
-        for (const state of res.tasks) await this.#resume(state);
+        const owned = new Set(res.alreadyOwned);
+        for (const state of res.tasks) await this.#resume(state, owned.has(state.task?.id ?? ""));
         if (res.tasks.length > 0) {
           this.#log.info("took over tasks", { from: routerId || "(unregistered routers)", tasks: res.tasks.length });
         }
@@ -1166,12 +1169,16 @@ export class RouterServer {
   }
 
   /** Drives on a task claimed from another router, from where StatusService saw it last. */
-  async #resume(state: TaskState): Promise<void> {
+  async #resume(state: TaskState, alreadyOwned = false): Promise<void> {
     const task = state.task;
     if (!task || isTaskTerminal(state.state)) return;
-    // Claimed back while this router still held it (it was claimed away meanwhile, and the
-    // other router moved it on): what StatusService says is right, not what is in memory.
-    if (this.#tasks.has(task.id)) this.#forget(task.id, "claimed back; going on from StatusService");
+    if (this.#tasks.has(task.id)) {
+      // Another of this router's claims moved it here first, and it runs: go on with it.
+      if (alreadyOwned) return;
+      // Claimed back while this router still held it (it was claimed away meanwhile, and the
+      // other router moved it on): what StatusService says is right, not what is in memory.
+      this.#forget(task.id, "claimed back; going on from StatusService");
+    }
     const pipeline = await this.#pipelines.version(task.pipeline, task.pipelineVersion);
     const run = newRun(task, pipeline ?? create(PipelineSchema, { name: task.pipeline }), state.state);
     this.#tasks.set(task.id, run);

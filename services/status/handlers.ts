@@ -103,13 +103,18 @@ export class StatusHandlers {
     const { matches, nextPageToken: next } = await this.#scanTasks(req.pageToken, "ClaimTasks", pageSize, (s) => {
       const owner = s.routerId;
       const orphan = req.fromRouterId ? owner === req.fromRouterId : owner !== to && !live?.has(owner);
-      return orphan && !isTaskTerminal(s.state) && s.task !== undefined;
+      return (orphan || (req.includeOwn && owner === to)) && !isTaskTerminal(s.state) && s.task !== undefined;
     });
-    const candidates = matches.map((s) => ({ taskId: s.task?.id ?? "", from: s.routerId }));
-    const states = candidates.length > 0 ? await this.#store.claim(candidates, to) : [];
-    const tasks = states.filter((x): x is TaskState => x !== undefined);
-    if (tasks.length > 0) this.#log.info("tasks claimed", { to, from: req.fromRouterId || "(unregistered)", tasks: tasks.length });
-    return { tasks, nextPageToken: next };
+    // The caller's own tasks (include_own) are not claimed: they are its already.
+    const own = matches.filter((s) => s.routerId === to);
+    const candidates = matches.filter((s) => s.routerId !== to).map((s) => ({ taskId: s.task?.id ?? "", from: s.routerId }));
+    const claimed = candidates.length > 0 ? await this.#store.claim(candidates, to) : [];
+    const moved = claimed.filter((x) => x !== undefined);
+    const tasks = [...moved.map((x) => x.state), ...own];
+    const alreadyOwned = [...moved.filter((x) => x.alreadyOwned), ...own.map((state) => ({ state }))].map((x) => x.state.task?.id ?? "");
+    const fresh = moved.length - moved.filter((x) => x.alreadyOwned).length;
+    if (fresh > 0) this.#log.info("tasks claimed", { to, from: req.fromRouterId || "(unregistered)", tasks: fresh });
+    return { tasks, nextPageToken: next, alreadyOwned };
   }
 
   /** Ends every open Watch with UNAVAILABLE, so that its client resumes on another instance. */

@@ -31,6 +31,12 @@ export type TaskStoreOptions = Pick<
   "prefix" | "cacheSize" | "maxTxnOps" | "maxTxnBytes" | "maxConflictRetries" | "lanes" | "taskRetentionMs" | "metrics"
 >;
 
+/** A task claimed: its state after the claim, and whether the claimer drove it already. */
+export interface ClaimResult {
+  readonly state: TaskState;
+  readonly alreadyOwned: boolean;
+}
+
 /** The answer to one Report: an outcome per created task and per transition, in request order. */
 export interface ReportResult {
   created: Outcome[];
@@ -144,18 +150,18 @@ export class TaskStore {
 
   /**
    * Moves tasks to router `to`, each only if router `from` (of that item) still drives it:
-   * the same queue and fenced writes as reports. Resolves with each task's state after it
-   * (undefined where the claim was refused, or where `to` drove the task already), once the
-   * moves are durable.
+   * the same queue and fenced writes as reports. Resolves, once the moves are durable, with
+   * each task's state after it (undefined where the claim was refused), and whether `to`
+   * drove the task already (another of its claims moved it first).
    */
-  claim(items: readonly { taskId: string; from: string }[], to: string): Promise<(TaskState | undefined)[]> {
+  claim(items: readonly { taskId: string; from: string }[], to: string): Promise<(ClaimResult | undefined)[]> {
     if (this.#closed) {
       return Promise.reject(dsatError(Code.Unavailable, "the status server is shutting down; claim on another one"));
     }
-    return new Promise<(TaskState | undefined)[]>((resolve, reject) => {
-      const claims = items.map((it) => ({ ...it, to, state: undefined as TaskState | undefined }));
+    return new Promise<(ClaimResult | undefined)[]>((resolve, reject) => {
+      const claims = items.map((it) => ({ ...it, to, result: undefined as ClaimResult | undefined }));
       this.#enqueue(
-        newPending(create(ReportRequestSchema, { routerId: to }), claims, () => resolve(claims.map((c) => c.state)), reject),
+        newPending(create(ReportRequestSchema, { routerId: to }), claims, () => resolve(claims.map((c) => c.result)), reject),
       );
     });
   }
@@ -493,8 +499,8 @@ export class TaskStore {
       else if (op.kind === "claim") {
         const c = op.report.claims[op.index];
         // A claim of a task that `to` drives already (two claims of the same router crossed)
-        // hands nothing over: the other claim did, and the router must not resume it twice.
-        if (c && outcome.accepted && !outcome.duplicate && g.next) c.state = clone(TaskStateSchema, g.next);
+        // is a replay: said so, so that the router does not resume a task it is running.
+        if (c && outcome.accepted && g.next) c.result = { state: clone(TaskStateSchema, g.next), alreadyOwned: outcome.duplicate };
       } else {
         op.report.transitions[op.index] = outcome;
         if (!outcome.accepted) {
@@ -539,7 +545,7 @@ interface PendingReport {
   readonly created: Outcome[];
   readonly transitions: Outcome[];
   /** Claims (from ClaimTasks): each gets the task's state once moved. */
-  readonly claims: { taskId: string; from: string; to: string; state: TaskState | undefined }[];
+  readonly claims: { taskId: string; from: string; to: string; result: ClaimResult | undefined }[];
   /** Task groups of the batches that this report waits for. */
   remaining: number;
   /** Lanes that have not yet taken their part of this report into a batch. */

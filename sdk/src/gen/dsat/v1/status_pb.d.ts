@@ -284,6 +284,14 @@ export declare type ClaimTasksRequest = Message<"dsat.v1.ClaimTasksRequest"> & {
    * @generated from field: string page_token = 4;
    */
   pageToken: string;
+
+  /**
+   * Also return the unfinished tasks that to_router_id drives already (in already_owned):
+   * after a call whose answer was lost, the tasks it moved are found again this way.
+   *
+   * @generated from field: bool include_own = 5;
+   */
+  includeOwn: boolean;
 };
 
 /**
@@ -309,6 +317,15 @@ export declare type ClaimTasksResponse = Message<"dsat.v1.ClaimTasksResponse"> &
    * @generated from field: string next_page_token = 2;
    */
   nextPageToken: string;
+
+  /**
+   * The ids of those of `tasks` that to_router_id drove already before this call (another
+   * of its claims moved them, or include_own found them): a router that holds one in memory
+   * goes on with it, one that does not resumes it.
+   *
+   * @generated from field: repeated string already_owned = 3;
+   */
+  alreadyOwned: string[];
 };
 
 /**
