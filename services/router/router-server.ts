@@ -128,6 +128,8 @@ export class RouterServer {
   /** Spans and metrics; undefined when both are off. */
   readonly #telemetry: RouterTelemetry | undefined;
   readonly #tasks = new Map<string, TaskRun>();
+  /** Tasks that ended here and whose end is not stored yet. */
+  readonly #ending = new Set<string>();
   /** Links by worker member key. */
   readonly #links = new Map<string, WorkerLink>();
   /** Round-robin of links, per stage. */
@@ -1027,6 +1029,11 @@ export class RouterServer {
     this.#stopStages(run, error?.message ?? "the task ended");
     const stored = this.#reporter.sendDurable(this.#transition(run, undefined, from, to, { output, error }));
     this.#tasks.delete(run.task.id);
+    // Until its end is stored, the record says the task runs: a claim must not resume it here.
+    const id = run.task.id;
+    this.#ending.add(id);
+    const ended = () => this.#ending.delete(id);
+    stored.then(ended, ended);
     this.#wakeRoomWaiters();
     if (to === State.SUCCEEDED) this.counters.succeeded++;
     else this.counters.failed++;
@@ -1172,6 +1179,8 @@ export class RouterServer {
   async #resume(state: TaskState, alreadyOwned = false): Promise<void> {
     const task = state.task;
     if (!task || isTaskTerminal(state.state)) return;
+    // Ended here, its end not stored yet: nothing to resume.
+    if (alreadyOwned && this.#ending.has(task.id)) return;
     if (this.#tasks.has(task.id)) {
       // Another of this router's claims moved it here first, and it runs: go on with it.
       if (alreadyOwned) return;
