@@ -1139,12 +1139,24 @@ export class RouterServer {
 
   // ------------------------------------------------------------------ take-over
 
+  /** The claims of this router, one after the other (see #claimFrom). */
+  #claims: Promise<void> = Promise.resolve();
+
   /**
    * Claims the unfinished tasks of a router that left ("" : of every router not registered)
    * and drives them on. StatusService fences each move, so that of several routers that
-   * claim at once each task goes to one.
+   * claim at once each task goes to one. This router's own claims run one at a time: two at
+   * once could both take a task (of every unregistered router, and of the one that left),
+   * and the answer of the one that moved it could come second.
    */
-  async #claimFrom(routerId: string): Promise<void> {
+  #claimFrom(routerId: string): Promise<void> {
+    const next = this.#claims.then(() => this.#claimNow(routerId));
+    // One claim that failed does not stop the next.
+    this.#claims = next.catch((err: unknown) => this.#log.error("claiming tasks failed", { from: routerId, error: err }));
+    return this.#claims;
+  }
+
+  async #claimNow(routerId: string): Promise<void> {
     let token = "";
     let failures = 0;
     while (!this.#closed && !this.#draining) {
