@@ -1,5 +1,6 @@
 import { parseArgs } from "node:util";
 import { defaultEtcdEndpoints, startTelemetry, type Telemetry, toDsatError } from "@dsat/sdk";
+import { withDeadline } from "./deadline.ts";
 import { MetricsRegistry, type MetricsServer, serveMetrics } from "./metrics.ts";
 
 /** Flags every service process takes (each also from an environment variable). */
@@ -99,7 +100,7 @@ export async function runService(
         throw new Error(`cannot serve metrics on ${flags.host}:${metricsPort}: ${(err as Error).message}`);
       });
     }
-    service = await withDeadline(start(flags), 15_000, `could not start within 15 s (is etcd at ${flags.etcd} up?)`);
+    service = await withDeadline(start(flags), 15_000, () => new Error(`could not start within 15 s (is etcd at ${flags.etcd} up?)`));
   } catch (err) {
     process.stderr.write(`dsat ${kind}: ${toDsatError(err).rawMessage}\n`);
     await metricsServer?.close().catch(() => {});
@@ -137,20 +138,4 @@ export async function runService(
       if (process.ppid !== parent) void stop(false);
     }, 1_000).unref();
   }
-}
-
-function withDeadline<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(message)), ms);
-    p.then(
-      (v) => {
-        clearTimeout(t);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(t);
-        reject(e);
-      },
-    );
-  });
 }

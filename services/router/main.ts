@@ -14,6 +14,7 @@
  */
 import type { Etcd3 } from "etcd3";
 import { runService } from "../common/run-service.ts";
+import { statusOptionsFromFlags } from "../status/options.ts";
 import { StatusServer } from "../status/status-server.ts";
 import { RouterServer } from "./router-server.ts";
 
@@ -36,18 +37,15 @@ await runService("router", async (flags) => {
       ? {
           embedStatus: (etcd: Etcd3, id: string, lanes: number) =>
             StatusServer.embed({
+              // The router takes only two of the status flags (--task-retention-ms,
+              // --etcd-quota-bytes); its lanes are --status-lanes.
+              ...statusOptionsFromFlags(flags.rest),
               etcd,
               id,
               lanes,
               prefix: flags.prefix,
               leaseTtlSeconds: flags.leaseTtlSeconds,
               ...(flags.metrics ? { metrics: flags.metrics } : {}),
-              ...(typeof flags.rest["task-retention-ms"] === "string"
-                ? { taskRetentionMs: Number(flags.rest["task-retention-ms"]) }
-                : {}),
-              ...(typeof flags.rest["etcd-quota-bytes"] === "string"
-                ? { etcdQuotaBytes: Number(flags.rest["etcd-quota-bytes"]) }
-                : {}),
             }),
         }
       : {}),

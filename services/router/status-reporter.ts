@@ -12,6 +12,7 @@ import {
   type Transition,
   toDsatError,
 } from "@dsat/sdk";
+import { withDeadline } from "../common/deadline.ts";
 import type { LocalStatus, ReportOutcomes } from "../common/embedded-status.ts";
 import { laneOf } from "../common/lanes.ts";
 import { encodeTransitionField } from "../common/transition-encoding.ts";
@@ -406,20 +407,11 @@ class Lane {
   async #report(created: Task[], transitions: Transition[]): Promise<ReportOutcomes> {
     const local = this.#opts.local;
     if (local && !local.closed) {
-      let timer: NodeJS.Timeout | undefined;
-      try {
-        return await Promise.race([
-          local.report(create(ReportRequestSchema, { created, transitions, routerId: this.#routerId })),
-          new Promise<never>((_, reject) => {
-            timer = setTimeout(
-              () => reject(dsatError(Code.DeadlineExceeded, `this process's status server did not store a Report within ${this.#opts.reportTimeoutMs} ms`)),
-              this.#opts.reportTimeoutMs,
-            );
-          }),
-        ]);
-      } finally {
-        clearTimeout(timer);
-      }
+      return withDeadline(
+        local.report(create(ReportRequestSchema, { created, transitions, routerId: this.#routerId })),
+        this.#opts.reportTimeoutMs,
+        () => dsatError(Code.DeadlineExceeded, `this process's status server did not store a Report within ${this.#opts.reportTimeoutMs} ms`),
+      );
     }
     const servers = this.#servers();
     if (servers.length === 0) throw dsatError(Code.Unavailable, "no status server is registered in etcd");

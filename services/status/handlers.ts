@@ -110,11 +110,14 @@ export class StatusHandlers {
     const candidates = matches.filter((s) => s.routerId !== to).map((s) => ({ taskId: s.task?.id ?? "", from: s.routerId }));
     const claimed = candidates.length > 0 ? await this.#store.claim(candidates, to) : [];
     const moved = claimed.filter((x) => x !== undefined);
-    const tasks = [...moved.map((x) => x.state), ...own];
-    const alreadyOwned = [...moved.filter((x) => x.alreadyOwned), ...own.map((state) => ({ state }))].map((x) => x.state.task?.id ?? "");
-    const fresh = moved.length - moved.filter((x) => x.alreadyOwned).length;
+    const replayed = moved.filter((x) => x.alreadyOwned).map((x) => x.state);
+    const fresh = moved.length - replayed.length;
     if (fresh > 0) this.#log.info("tasks claimed", { to, from: req.fromRouterId || "(unregistered)", tasks: fresh });
-    return { tasks, nextPageToken: next, alreadyOwned };
+    return {
+      tasks: [...moved.map((x) => x.state), ...own],
+      nextPageToken: next,
+      alreadyOwned: [...replayed, ...own].map((s) => s.task?.id ?? ""),
+    };
   }
 
   /** Ends every open Watch with UNAVAILABLE, so that its client resumes on another instance. */
@@ -195,19 +198,11 @@ export class StatusHandlers {
         w.on("connected", () => {
           if (!reconnecting || finished || watcher !== w) return;
           reconnecting = false;
-          this.#store
-            .readAt(taskId)
-            .then(({ stored }) => {
-              if (finished || watcher !== w) return;
-              if (!stored) {
-                if (lastSeq > 0n) finish(dsatError(Code.NotFound, `task "${taskId}" was deleted`));
-                return;
-              }
-              if (sendNew(stored.state)) finish();
-            })
-            .catch((err: unknown) => {
-              this.#log.debug("task watch: reading again after a reconnection failed", { task: taskId, error: toDsatError(err).message });
-            });
+          catchUp().catch((err: unknown) => {
+            const e = toDsatError(err);
+            if (e.code === Code.NotFound) finish(e);
+            else this.#log.debug("task watch: reading again after a reconnection failed", { task: taskId, error: e.message });
+          });
         });
         w.on("delete", () => {
           if (watcher === w) finish(dsatError(Code.NotFound, `task "${taskId}" was deleted`));
@@ -223,15 +218,27 @@ export class StatusHandlers {
         });
       };
 
+      /**
+       * Reads the task again and sends what is new in it: the revision read, to watch on
+       * from, or undefined when the Watch is over. NOT_FOUND once a task seen is deleted.
+       */
+      const catchUp = async (): Promise<string | undefined> => {
+        const { stored, revision } = await this.#store.readAt(taskId);
+        if (finished) return undefined;
+        if (!stored && lastSeq > 0n) throw dsatError(Code.NotFound, `task "${taskId}" was deleted`);
+        if (stored && sendNew(stored.state)) {
+          finish();
+          return undefined;
+        }
+        return revision;
+      };
+
       const restart = async (): Promise<void> => {
         if (++restarts > WATCH_RESTARTS) {
           throw dsatError(Code.Unavailable, `the etcd watch of task "${taskId}" failed ${WATCH_RESTARTS} times`);
         }
-        const { stored, revision } = await this.#store.readAt(taskId);
-        if (finished) return;
-        if (!stored && lastSeq > 0n) throw dsatError(Code.NotFound, `task "${taskId}" was deleted`);
-        if (stored && sendNew(stored.state)) finish();
-        else await start(nextRevision(revision));
+        const revision = await catchUp();
+        if (revision !== undefined) await start(nextRevision(revision));
       };
 
       start(nextRevision(first.revision)).catch((e: unknown) => finish(toDsatError(e)));

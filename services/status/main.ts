@@ -10,6 +10,7 @@
  * etcd cannot be reached it says so on stderr and exits 1 (see services/common/run-service.ts).
  */
 import { runService } from "../common/run-service.ts";
+import { STATUS_FLAGS, statusOptionsFromFlags } from "./options.ts";
 import { StatusServer } from "./status-server.ts";
 
 await runService("status", async (flags) => {
@@ -20,14 +21,9 @@ await runService("status", async (flags) => {
     port: flags.port,
     prefix: flags.prefix,
     leaseTtlSeconds: flags.leaseTtlSeconds,
-    ...(typeof flags.rest.lanes === "string" ? { lanes: Number(flags.rest.lanes) } : {}),
-    ...(typeof flags.rest["task-retention-ms"] === "string"
-      ? { taskRetentionMs: Number(flags.rest["task-retention-ms"]) }
-      : {}),
-    ...(typeof flags.rest["etcd-quota-bytes"] === "string" ? { etcdQuotaBytes: Number(flags.rest["etcd-quota-bytes"]) } : {}),
-    ...(typeof flags.rest["etcd-space-check-ms"] === "string" ? { etcdSpaceCheckMs: Number(flags.rest["etcd-space-check-ms"]) } : {}),
+    ...statusOptionsFromFlags(flags.rest),
     ...(flags.id ? { id: flags.id } : {}),
     ...(flags.metrics ? { metrics: flags.metrics } : {}),
   });
   return { id: server.id, address: server.address, close: () => server.close() };
-}, ["lanes", "task-retention-ms", "etcd-quota-bytes", "etcd-space-check-ms"]);
+}, STATUS_FLAGS);

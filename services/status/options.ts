@@ -107,3 +107,24 @@ export function resolveStatusOptions(options: Partial<StatusOptions> = {}): Stat
   check("etcdSpaceCheckMs", opts.etcdSpaceCheckMs, 10, 24 * 3_600_000);
   return opts;
 }
+
+/**
+ * The options a status process takes from its flags beyond the common ones (a status server
+ * of its own, or one that a router serves with --serve-status): --lanes, --task-retention-ms,
+ * --etcd-quota-bytes, --etcd-space-check-ms, each when given.
+ */
+export const STATUS_FLAGS = ["lanes", "task-retention-ms", "etcd-quota-bytes", "etcd-space-check-ms"] as const;
+
+/** Reads {@link STATUS_FLAGS} from a process's parsed flags (strings; absent ones are left out). */
+export function statusOptionsFromFlags(rest: Record<string, string | boolean | undefined>): Partial<StatusOptions> {
+  const options: Partial<StatusOptions> = {};
+  const num = (name: (typeof STATUS_FLAGS)[number], key: "lanes" | "taskRetentionMs" | "etcdQuotaBytes" | "etcdSpaceCheckMs") => {
+    const v = rest[name];
+    if (typeof v === "string") options[key] = Number(v);
+  };
+  num("lanes", "lanes");
+  num("task-retention-ms", "taskRetentionMs");
+  num("etcd-quota-bytes", "etcdQuotaBytes");
+  num("etcd-space-check-ms", "etcdSpaceCheckMs");
+  return options;
+}

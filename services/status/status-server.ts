@@ -23,6 +23,7 @@ import {
 } from "@dsat/sdk";
 import type * as grpc from "@grpc/grpc-js";
 import type { Etcd3 } from "etcd3";
+import { withDeadline } from "../common/deadline.ts";
 import type { EmbeddedStatus } from "../common/embedded-status.ts";
 import { DEFAULT_ETCD_SPACE_OPTIONS, EtcdSpaceWatch } from "./etcd-space.ts";
 import { PipelineHandlers, StatusHandlers } from "./handlers.ts";
@@ -269,20 +270,15 @@ async function watchStatusPeers(etcd: Etcd3, keys: Keys, store: TaskStore, log: 
 /** The first etcd call, bounded: a clear UNAVAILABLE rather than a long hang. */
 async function checkEtcd(etcd: Etcd3, opts: StatusOptions): Promise<void> {
   const where = typeof opts.etcd === "string" ? opts.etcd : "the given client";
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(dsatError(Code.Unavailable, `cannot reach etcd at ${where} within ${opts.connectTimeoutMs} ms`)),
-      opts.connectTimeoutMs,
-    );
-  });
   try {
-    await Promise.race([etcd.kv.range({ key: Buffer.from(new Keys(opts.prefix).members()), limit: 1, keys_only: true }), timeout]);
+    await withDeadline(
+      etcd.kv.range({ key: Buffer.from(new Keys(opts.prefix).members()), limit: 1, keys_only: true }),
+      opts.connectTimeoutMs,
+      () => dsatError(Code.Unavailable, `cannot reach etcd at ${where} within ${opts.connectTimeoutMs} ms`),
+    );
   } catch (err) {
     const e = toDsatError(err);
     if (e.code === Code.Unavailable && e.rawMessage.startsWith("cannot reach etcd")) throw e;
     throw dsatError(Code.Unavailable, `cannot reach etcd at ${where}: ${e.rawMessage}`, err);
-  } finally {
-    clearTimeout(timer);
   }
 }
