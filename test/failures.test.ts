@@ -14,6 +14,7 @@ import {
 } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
 import { waitFor } from "./helpers/wait.ts";
+import { sameAttemptOnTwoStreams } from "./helpers/worker-streams.ts";
 
 let mesh: TestMesh;
 
@@ -114,4 +115,13 @@ test.serial("a worker of another X.Y is refused with FAILED_PRECONDITION", async
   requests.end();
   t.is(ConnectError.from(err).code, Code.FailedPrecondition);
   t.regex(err?.message ?? "", new RegExp(`router router-from-the-future runs dsat 3\\.1\\.0 but worker \\S+ runs ${DSAT_VERSION.replaceAll(".", "\\.")}`));
+});
+
+test.serial("two routers that give a worker the same attempt get two runs, and a cancel from one stops only its own", async (t) => {
+  // A router that took a task over from another (presumed dead, but alive) can dispatch an
+  // attempt number the other had dispatched too: each is its own run, answered on its stream.
+  const w = await mesh.addWorker("twostreams", "hold", ["--concurrency", "2"]);
+  const seen = await sameAttemptOnTwoStreams(w.address, "twostreams");
+  t.deepEqual(seen.a, ["RUNNING", "CANCELLED"]);
+  t.deepEqual(seen.b, ["RUNNING", "SUCCEEDED"]);
 });

@@ -34,6 +34,7 @@ import { nanos, runWatchingProgress } from "./helpers/progress.ts";
 import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from "./helpers/otlp-receiver.ts";
 import { ROOT, type ServiceProcess, startProcess } from "./helpers/processes.ts";
 import { waitFor } from "./helpers/wait.ts";
+import { sameAttemptOnTwoStreams } from "./helpers/worker-streams.ts";
 
 interface Trail {
   v: number;
@@ -310,6 +311,13 @@ test.serial("versions: a Python worker of another X.Y is refused, and it refuses
     ConnectError.from(err).rawMessage,
     `router router-from-the-future runs dsat 3.1.0 but worker ${good.id} runs 0.1.0: their X.Y must match`,
   );
+});
+
+test.serial("two routers that give a Python worker the same attempt get two runs, and a cancel from one stops only its own", async (t) => {
+  const w = await startPythonWorker("pytwostreams", "stages:hold", ["--concurrency", "2"]);
+  const seen = await sameAttemptOnTwoStreams(w.address, "pytwostreams");
+  t.deepEqual(seen.a, ["RUNNING", "CANCELLED"]);
+  t.deepEqual(seen.b, ["RUNNING", "SUCCEEDED"]);
 });
 
 /** The lease a member's record is written under (0 when there is no record). */

@@ -686,7 +686,10 @@ class _RouterLink:
 class _Attempt:
     """One attempt of one task at this worker's stage, while it runs."""
 
-    key: tuple[str, str, int]
+    #: The stream it came on, its task, stage and attempt: a router cancels only what it gave,
+    #: and two routers that give the same attempt (one took the task over from the other,
+    #: whose run it could not know) get two runs, each answered on its own stream.
+    key: tuple[_RouterLink, str, str, int]
     assignment: worker_pb2.Assignment
     link: _RouterLink
     ctx: TaskContext
@@ -768,7 +771,7 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
         self._log = _make_logger()
 
         self._lock = threading.Lock()  # guards _running, _links, _draining, _avg_run_ms
-        self._running: dict[tuple[str, str, int], _Attempt] = {}
+        self._running: dict[tuple[_RouterLink, str, str, int], _Attempt] = {}
         self._links: set[_RouterLink] = set()
         self._draining = False
         self._avg_run_ms = 0.0
@@ -934,7 +937,7 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
                         if not self._draining:  # draining: no new task (the router knows: we left etcd)
                             self._accept(a, link)
                     for c in req.cancels:
-                        self._cancel(c)
+                        self._cancel(c, link)
                 why = f"router {router_id} closed its stream"
             except Exception as e:  # the stream broke
                 why = f"the stream from router {router_id} broke ({e})"
@@ -956,7 +959,7 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
         if not a.HasField("task"):
             return
         task = a.task
-        key = (task.id, a.stage, a.attempt)
+        key = (link, task.id, a.stage, a.attempt)
         if a.stage != self.stage:
             link.send(self._transition(a, DISPATCHED, FAILED, error=task_pb2.TaskError(
                 code="FAILED_PRECONDITION",
@@ -981,7 +984,7 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
         ctx._report = functools.partial(self._progress, attempt)
         with self._lock:
             if key in self._running:
-                return  # the same assignment twice: it runs once
+                return  # the same assignment twice on one stream: it runs once
             self._running[key] = attempt
         running = self._transition(a, DISPATCHED, RUNNING)
         tracer = otlp_tracing.active_tracer()  # None when tracing is off: then no span is made
@@ -1080,8 +1083,8 @@ class Worker(worker_pb2_grpc.WorkerServiceServicer):
             attempt.span.transition(t)
         attempt.link.send(t)
 
-    def _cancel(self, c: worker_pb2.Cancel) -> None:
-        attempt = self._running.get((c.task_id, c.stage, c.attempt))
+    def _cancel(self, c: worker_pb2.Cancel, link: _RouterLink) -> None:
+        attempt = self._running.get((link, c.task_id, c.stage, c.attempt))
         if attempt is None:
             return
         message = c.reason or "cancelled"

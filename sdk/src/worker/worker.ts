@@ -143,7 +143,11 @@ interface Running {
 }
 
 /** The stream from one router: batches what goes up, once per turn of the event loop. */
+let nextLinkId = 0;
+
 class RouterLink {
+  /** Tells this stream's attempts from another's (see keyOf). */
+  readonly id = ++nextLinkId;
   readonly #call: grpc.ServerDuplexStream<ProcessRequest, MessageInitShape<typeof ProcessResponseSchema>>;
   readonly #load: () => MessageInitShape<typeof LoadSchema>;
   #pending: Transition[] = [];
@@ -201,7 +205,11 @@ export async function createWorker(
   let draining = false;
   let runMsAvg = 0;
   const load = () => ({ inFlight: running.size, capacity: opts.concurrency, avgRunMs: runMsAvg });
-  const keyOf = (taskId: string, stage: string, attempt: number) => `${taskId}\u0000${stage}\u0000${attempt}`;
+  // An attempt is known by the stream it came on, too: a router cancels only what it gave,
+  // and two routers that give the same task, stage and attempt (one took the task over from
+  // the other, whose run it could not know) get two runs, each answered on its own stream.
+  const keyOf = (link: RouterLink, taskId: string, stage: string, attempt: number) =>
+    `${link.id}\u0000${taskId}\u0000${stage}\u0000${attempt}`;
 
   const transition = (
     a: Assignment,
@@ -233,8 +241,8 @@ export async function createWorker(
   const admit = (a: Assignment, link: RouterLink) => {
     const task = a.task;
     if (!task) return;
-    const key = keyOf(task.id, a.stage, a.attempt);
-    if (running.has(key) || waiting.some((w) => w.a === a || keyOf(w.a.task?.id ?? "", w.a.stage, w.a.attempt) === key)) return;
+    const key = keyOf(link, task.id, a.stage, a.attempt);
+    if (running.has(key) || waiting.some((w) => w.a === a || keyOf(w.link, w.a.task?.id ?? "", w.a.stage, w.a.attempt) === key)) return;
     // Draining: the router dispatches it elsewhere at once (UNAVAILABLE is not held against
     // the stage's retry policy).
     if (draining) return refuse(a, link, Code.Unavailable, `worker ${id} is draining`);
@@ -253,8 +261,8 @@ export async function createWorker(
   const run = (a: Assignment, link: RouterLink) => {
     const task = a.task;
     if (!task) return;
-    const key = keyOf(task.id, a.stage, a.attempt);
-    if (running.has(key)) return; // the same assignment twice: it runs once.
+    const key = keyOf(link, task.id, a.stage, a.attempt);
+    if (running.has(key)) return; // the same assignment twice on one stream: it runs once.
     if (a.stage !== opts.stage) {
       link.send(
         transition(a, State.DISPATCHED, State.FAILED, {
@@ -362,9 +370,9 @@ export async function createWorker(
       );
   };
 
-  const cancel = (c: Cancel) => {
-    const key = keyOf(c.taskId, c.stage, c.attempt);
-    const i = waiting.findIndex((w) => keyOf(w.a.task?.id ?? "", w.a.stage, w.a.attempt) === key);
+  const cancel = (c: Cancel, link: RouterLink) => {
+    const key = keyOf(link, c.taskId, c.stage, c.attempt);
+    const i = waiting.findIndex((w) => keyOf(w.link, w.a.task?.id ?? "", w.a.stage, w.a.attempt) === key);
     if (i >= 0) {
       const [w] = waiting.splice(i, 1);
       if (w) {
@@ -414,7 +422,7 @@ export async function createWorker(
       call.write({ hello: member, load: load() });
       call.on("data", (req: ProcessRequest) => {
         for (const a of req.assignments) admit(a, link);
-        for (const c of req.cancels) cancel(c);
+        for (const c of req.cancels) cancel(c, link);
       });
       let ended = false;
       const end = (why: string) => {
