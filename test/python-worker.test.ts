@@ -33,6 +33,7 @@ import { startMesh, type TestMesh } from "./helpers/mesh.ts";
 import { nanos, runWatchingProgress } from "./helpers/progress.ts";
 import { type OtlpReceiver, type ReceivedSpan, startOtlpReceiver } from "./helpers/otlp-receiver.ts";
 import { ROOT, type ServiceProcess, startProcess } from "./helpers/processes.ts";
+import { revokeLeaseOf } from "./helpers/leases.ts";
 import { waitFor } from "./helpers/wait.ts";
 import { sameAttemptOnTwoStreams } from "./helpers/worker-streams.ts";
 
@@ -113,9 +114,6 @@ async function runSpanOf(taskId: string): Promise<ReceivedSpan> {
   });
 }
 
-
-/** An etcd client, as the SDK makes it. */
-type Etcd = ReturnType<typeof connectEtcd>;
 
 const ms = (n: number) => ({ seconds: BigInt(Math.floor(n / 1000)), nanos: (n % 1000) * 1e6 });
 
@@ -320,29 +318,12 @@ test.serial("two routers that give a Python worker the same attempt get two runs
   t.deepEqual(seen.b, ["RUNNING", "SUCCEEDED"]);
 });
 
-/** The lease a member's record is written under (0 when there is no record). */
-async function leaseOf(etcd: Etcd, id: string): Promise<string> {
-  const res = await etcd.get(`/dsat/v1/members/worker/${id}`).exec();
-  return String(res.kvs[0]?.lease ?? "0");
-}
-
-/** Revokes a worker's lease behind its back, as a lost lease (etcd restarted, a long pause) would end it. */
-async function revokeLeaseOf(etcd: Etcd, id: string): Promise<string> {
-  const lease = await leaseOf(etcd, id);
-  await etcd.leaseClient.leaseRevoke({ ID: lease });
-  await waitFor(async () => {
-    const now = await leaseOf(etcd, id);
-    return now !== "0" && now !== lease;
-  }, { what: `worker ${id} to register again under a new lease` });
-  return lease;
-}
-
 test.serial("a Python worker that loses its lease registers again and gets tasks again", async (t) => {
   const etcd = connectEtcd({ endpoints: mesh.etcd.endpoint });
   try {
     const w = await startPythonWorker("pyreg", "stages:hold");
     await connected(w.id);
-    await revokeLeaseOf(etcd, w.id);
+    await revokeLeaseOf(etcd, "worker", w.id);
     await connected(w.id);
     const r = await mesh.client.run("py-reregisters", { ms: 10 }, { deadline: 5_000 });
     t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
@@ -366,7 +347,7 @@ test.serial("a worker that loses its lease while it runs a task gets tasks again
     await waitFor(async () => (await mesh.client.getState(taskId)).stages[0]?.state === State.RUNNING, {
       what: "the Python worker to report RUNNING",
     });
-    await revokeLeaseOf(etcd, w.id);
+    await revokeLeaseOf(etcd, "worker", w.id);
     t.is(stateName((await run).state), "SUCCEEDED");
     const next = await mesh.client.run("py-reregisters", { ms: 10 }, { deadline: 5_000 });
     t.is(stateName(next.state), "SUCCEEDED", next.error?.message);

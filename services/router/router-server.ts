@@ -1198,6 +1198,9 @@ export class RouterServer {
       if (alreadyOwned) return;
       // Claimed back while this router still held it (it was claimed away meanwhile, and the
       // other router moved it on): what StatusService says is right, not what is in memory.
+      this.#log.warn("a task this router still ran came back through a claim; going on from StatusService's record", {
+        task: task.id,
+      });
       this.#forget(task.id, "claimed back; going on from StatusService");
     }
     const pipeline = await this.#pipelines.version(task.pipeline, task.pipelineVersion);
@@ -1322,11 +1325,15 @@ export class RouterServer {
     for (const l of listeners ?? []) l(moved);
   }
 
-  /** Stops driving a task here: timers, queues, and what its stages run; no report. */
+  /**
+   * Stops driving a task here: timers, queues, and what its stages run; no report, and
+   * what was not sent of it yet is dropped.
+   */
   #forget(taskId: string, reason: string): void {
     const run = this.#tasks.get(taskId);
     if (!run) return;
     this.#tasks.delete(taskId);
+    this.#reporter.forget(taskId);
     this.#wakeRoomWaiters();
     this.#telemetry?.dropped(taskId, reason);
     if (run.deadlineTimer) clearTimeout(run.deadlineTimer);

@@ -303,6 +303,34 @@ test("close tells whoever still waits, instead of leaving them hanging", async (
   t.is(err?.code, Code.Unavailable);
 });
 
+test("forget drops a task's unsent steps, held and queued, and tells whoever waits; the Report in flight and other tasks are kept", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { lingerMs: 60_000, idleReleaseBelow: 0 });
+  t.teardown(() => r.close());
+  // The Report in flight carries f's first step: it is sent already and stays.
+  peer.holdAnswers = true;
+  const first = r.sendDurable(step("f", "s1", State.PENDING, State.DISPATCHED));
+  await waitFor(() => peer.reports.length === 1, { timeoutMs: 5_000, what: "the report in flight" });
+  r.send(step("f", "s1", State.DISPATCHED, State.RUNNING)); // held
+  const queued = r.sendDurable(step("f", "s1", State.RUNNING, State.SUCCEEDED)); // queued
+  r.send(step("g", "s1", State.PENDING, State.DISPATCHED)); // another task's, held
+  const other = r.sendDurable(step("g", "", State.RUNNING, State.SUCCEEDED));
+  t.is(r.backlog, 5);
+  r.forget("f");
+  t.is(r.backlog, 3, "f's Report in flight, g's two steps");
+  const err = await queued.then(
+    () => undefined,
+    (e: unknown) => e as { code?: Code },
+  );
+  t.is(err?.code, Code.Aborted);
+  answerHeld(peer);
+  await Promise.all([first, other]);
+  t.deepEqual(ids(peer.reports[0] as ReportRequest), ["f:s1:DISPATCHED"]);
+  t.deepEqual(peer.reports.slice(1).flatMap(ids), ["g:s1:DISPATCHED", "g::SUCCEEDED"]);
+  t.is(r.backlog, 0);
+});
+
 /** A status server of the reporter's own process: records Reports, answers unless told to hang. */
 function localStatus() {
   const reports: ReportRequest[] = [];

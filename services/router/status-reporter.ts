@@ -177,6 +177,17 @@ export class StatusReporter {
     this.#lane(t.taskId).hold(t);
   }
 
+  /**
+   * Drops what is not sent yet of a task that this router stopped driving (it moved to
+   * another router, or came back to this one through a claim, which resumes it from
+   * StatusService's record): a forgotten run's steps must not be stored after the claim,
+   * when the record is this router's again. Whoever waits for a dropped item is told (ABORTED).
+   * What a Report in flight carries is sent already; StatusService's fence decides on it.
+   */
+  forget(taskId: string): void {
+    this.#lane(taskId).forget(taskId);
+  }
+
   /** Resolves when everything queued so far (held transitions included) is durable, or given up. */
   async flush(): Promise<void> {
     await Promise.all(this.#lanes.map((l) => l.flush()));
@@ -205,6 +216,8 @@ class Lane {
   readonly #held = new Map<string, { since: number; items: Item[] }>();
   #timer: NodeJS.Timeout | undefined;
   #busy = false;
+  /** Items at the head of the queue in the Report in flight (they can no longer be taken back). */
+  #sending = 0;
   /** When (ms into the current outage) it was last logged. */
   #lastOutageLog = 0;
   #next: number;
@@ -258,6 +271,22 @@ class Lane {
     if (!held) return;
     this.#held.delete(taskId);
     for (const it of held.items) this.#queue.push(it);
+  }
+
+  forget(taskId: string): void {
+    const held = this.#held.get(taskId);
+    this.#held.delete(taskId);
+    const dropped: Item[] = held ? [...held.items] : [];
+    const kept = this.#queue.slice(0, this.#sending);
+    for (let i = this.#sending; i < this.#queue.length; i++) {
+      const it = this.#queue[i] as Item;
+      if ((it.task?.id ?? it.transition?.taskId ?? it.taskId) === taskId) dropped.push(it);
+      else kept.push(it);
+    }
+    if (kept.length !== this.#queue.length) this.#queue = kept;
+    if (dropped.length === 0) return;
+    const err = dsatError(Code.Aborted, `task ${taskId} is no longer driven by this run of it; its unsent steps were dropped`);
+    for (const it of dropped) it.done?.reject(err);
   }
 
   flush(): Promise<void> {
@@ -318,6 +347,8 @@ class Lane {
       let backoff = 50;
       for (;;) {
         try {
+          // The batch is the queue's head while it is sent, and sent again after a failure.
+          this.#sending = batch.length;
           await this.#send(batch);
           break;
         } catch (err) {
@@ -355,10 +386,12 @@ class Lane {
           backoff = Math.min(backoff * 2, 1_000);
         }
       }
+      this.#sending = 0;
       if (batch.length === 0) continue;
       this.#queue.splice(0, batch.length);
       for (const it of batch) it.done?.resolve();
     }
+    this.#sending = 0;
     this.#busy = false;
   }
 
