@@ -64,6 +64,7 @@ import type { EmbeddedStatus } from "../common/embedded-status.ts";
 import { encodeTaskBase, rememberTaskBase } from "./assignment-encoding.ts";
 import { submitStreamHandler } from "./handlers.ts";
 import { checkRouterOptions, DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
+import { ForgottenAttempts } from "./forgotten-attempts.ts";
 import { PipelineCache } from "./pipeline-cache.ts";
 import { adoptTraceMetadata, type BatchHop, RouterTelemetry } from "./router-telemetry.ts";
 import { StatusReporter } from "./status-reporter.ts";
@@ -130,6 +131,8 @@ export class RouterServer {
   readonly #tasks = new Map<string, TaskRun>();
   /** Tasks that ended here and whose end is not stored yet. */
   readonly #ending = new Set<string>();
+  /** The attempts of tasks this router stopped driving: never dispatched again with those numbers. */
+  readonly #forgotten = new ForgottenAttempts();
   /** Links by worker member key. */
   readonly #links = new Map<string, WorkerLink>();
   /** Round-robin of links, per stage. */
@@ -813,6 +816,7 @@ export class RouterServer {
   #dispatch(run: TaskRun, sr: StageRun, link: WorkerLink): void {
     if (sr.waitTimer) clearTimeout(sr.waitTimer);
     sr.waitTimer = undefined;
+    sr.attempt = this.#forgotten.next(run.task.id, sr.name, sr.attempt);
     const from = sr.state;
     sr.state = State.DISPATCHED;
     sr.link = link;
@@ -1029,6 +1033,7 @@ export class RouterServer {
     this.#stopStages(run, error?.message ?? "the task ended");
     const stored = this.#reporter.sendDurable(this.#transition(run, undefined, from, to, { output, error }));
     this.#tasks.delete(run.task.id);
+    this.#forgotten.delete(run.task.id);
     // Until its end is stored, the record says the task runs: a claim must not resume it here.
     const id = run.task.id;
     this.#ending.add(id);
@@ -1327,13 +1332,16 @@ export class RouterServer {
 
   /**
    * Stops driving a task here: timers, queues, and what its stages run; no report, and
-   * what was not sent of it yet is dropped.
+   * what was not sent of it yet is dropped. Its attempt numbers are not used again here.
    */
   #forget(taskId: string, reason: string): void {
     const run = this.#tasks.get(taskId);
     if (!run) return;
     this.#tasks.delete(taskId);
     this.#reporter.forget(taskId);
+    const used: [string, number][] = [];
+    for (const sr of run.stages.values()) if (sr.state !== State.PENDING || sr.link) used.push([sr.name, sr.attempt]);
+    this.#forgotten.remember(taskId, used);
     this.#wakeRoomWaiters();
     this.#telemetry?.dropped(taskId, reason);
     if (run.deadlineTimer) clearTimeout(run.deadlineTimer);
