@@ -66,6 +66,16 @@ test("regression: a create replayed by the router that made it is accepted as a 
   t.is(r.state, s);
 });
 
+test("the same id submitted anew to the router that ran it (another created_at) is a refused duplicate, not a replay", (t) => {
+  const at = timestampFromMs(1_000);
+  const s = applyCreate(undefined, create(TaskSchema, { id: "t1", createdAt: at }), "router-1", NOW).state as TaskState;
+  const replay = applyCreate(s, create(TaskSchema, { id: "t1", createdAt: at }), "router-1", NOW);
+  t.deepEqual(fields(replay.outcome), { accepted: true, duplicate: true, reason: "" });
+  const anew = applyCreate(s, create(TaskSchema, { id: "t1", createdAt: timestampFromMs(2_000) }), "router-1", NOW);
+  t.deepEqual(fields(anew.outcome), { accepted: false, duplicate: true, reason: "task t1 exists" });
+  t.is(anew.state, s);
+});
+
 test("a full one-stage lifecycle moves the stage and the task, with contiguous seqs", (t) => {
   const s = created();
   const steps = [

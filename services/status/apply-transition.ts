@@ -48,6 +48,12 @@ export interface CreateResult {
  * task-level UNSPECIFIED -> PENDING transition (seq 1). When a state already exists the
  * task is refused as a duplicate and the existing state is returned unchanged.
  */
+/** True when a create's created_at is unset (an older router's) or the stored task's. */
+function sameTime(sent: Timestamp | undefined, stored: Timestamp | undefined): boolean {
+  if (!sent) return true;
+  return stored !== undefined && sent.seconds === stored.seconds && sent.nanos === stored.nanos;
+}
+
 export function applyCreate(
   existing: TaskState | undefined,
   task: Task,
@@ -57,7 +63,11 @@ export function applyCreate(
   if (existing) {
     // The same router sending its create again (its first Report was stored, but the answer
     // was lost with the status server that took it): a replay, and the task is still its own.
-    if (existing.routerId === routerId) return { state: existing, outcome: REPLAYED };
+    // The same id submitted anew to that router (a task it ran before) is another create,
+    // told apart by its created_at (set when the router accepts a submission).
+    if (existing.routerId === routerId && sameTime(task.createdAt, existing.task?.createdAt)) {
+      return { state: existing, outcome: REPLAYED };
+    }
     return { state: existing, outcome: { accepted: false, duplicate: true, reason: `task ${task.id} exists` } };
   }
   if (!task.id) return { state: undefined, outcome: refused("a created task needs an id") };
