@@ -421,9 +421,9 @@ class RunStream {
   broken = false;
   readonly #requests = new AsyncQueue<SubmitStreamRequest>();
   readonly #acks: Waiting[][] = [];
-  readonly #results = new Map<string, { resolve(r: TaskResult): void; reject(e: unknown): void }>();
+  readonly #results = new Map<string, { resolve(r: TaskResult): void; reject(e: unknown): void }[]>();
   /** Results that arrived before the ack of their task. */
-  readonly #early = new Map<string, TaskResult>();
+  readonly #early = new Map<string, TaskResult[]>();
   #batch: { req: SubmitRequest; waiting: Waiting }[] = [];
   #scheduled = false;
   readonly #abort = new AbortController();
@@ -476,21 +476,18 @@ class RunStream {
               return;
             }
             // Its result may have come first (the ack of a request waits for all its tasks).
-            const early = this.#early.get(ack.taskId);
-            this.#early.delete(ack.taskId);
+            const early = take(this.#early, ack.taskId);
             const result = early
               ? Promise.resolve(early)
-              : new Promise<TaskResult>((resolve, reject) => this.#results.set(ack.taskId, { resolve, reject }));
+              : new Promise<TaskResult>((resolve, reject) => put(this.#results, ack.taskId, { resolve, reject }));
             result.catch(() => {});
             w.resolve({ ack, result });
           });
         }
         for (const r of res.results) {
-          const waiting = this.#results.get(r.taskId);
-          if (waiting) {
-            waiting.resolve(r);
-            this.#results.delete(r.taskId);
-          } else this.#early.set(r.taskId, r);
+          const waiting = take(this.#results, r.taskId);
+          if (waiting) waiting.resolve(r);
+          else put(this.#early, r.taskId, r);
         }
       }
     } catch (err) {
@@ -499,7 +496,7 @@ class RunStream {
     this.broken = true;
     for (const ws of this.#acks) for (const w of ws) w.reject(error);
     this.#acks.length = 0;
-    for (const r of this.#results.values()) r.reject(error);
+    for (const rs of this.#results.values()) for (const r of rs) r.reject(error);
     this.#results.clear();
   }
 
@@ -508,4 +505,20 @@ class RunStream {
     this.#requests.end();
     this.#abort.abort();
   }
+}
+
+// The same task id may be submitted twice on one stream (the client asked twice): each
+// submission gets its ack and its result, in order.
+function put<T>(m: Map<string, T[]>, key: string, v: T): void {
+  const list = m.get(key);
+  if (list) list.push(v);
+  else m.set(key, [v]);
+}
+
+function take<T>(m: Map<string, T[]>, key: string): T | undefined {
+  const list = m.get(key);
+  if (!list) return undefined;
+  const v = list.shift();
+  if (list.length === 0) m.delete(key);
+  return v;
 }
