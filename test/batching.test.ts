@@ -71,3 +71,28 @@ test.serial("a burst of 2,000 tasks: messages on every hop carry hundreds of ite
   t.log(`status server: ${txns} transactions, ${(keys / txns).toFixed(1)} task states each on average`);
   t.true(keys / txns > 2, "etcd transactions of several tasks on average");
 });
+
+/** Task states the status server has put in etcd so far. */
+async function statesPut(): Promise<number> {
+  const status = await scrape(mesh.status[0] as ServiceProcess);
+  return status.find((m) => m.name === "dsat_status_etcd_txn_keys_sum")?.value ?? 0;
+}
+
+test.serial("under load, a task whose client waits for its result and that ends soon is stored once, with its end; one submitted alone is stored before it starts", async (t) => {
+  // Alone (the reporter idle): stored when accepted, then with its end: two writes.
+  const alone = await statesPut();
+  const r = await mesh.client.run("batching", { alone: true });
+  t.true(r.ok);
+  await waitFor(async () => (await statesPut()) - alone >= 2, { what: "the lone task's two writes" });
+  t.is((await statesPut()) - alone, 2, "a task run alone: its create, then its end");
+
+  // A burst: the creates wait with the steps, and most tasks are written once.
+  const before = await statesPut();
+  const results = await Promise.all(Array.from({ length: 2000 }, (_, i) => mesh.client.run("batching", { i })));
+  t.is(results.filter((x) => x.ok).length, 2000);
+  const perTask = ((await statesPut()) - before) / 2000;
+  t.log(`a burst of 2,000 tasks: ${perTask.toFixed(2)} etcd writes per task`);
+  t.true(perTask < 1.5, `most tasks written once (${perTask.toFixed(2)} writes per task)`);
+  // Each result is stored: GetState agrees with it.
+  for (const x of results.slice(0, 20)) t.is((await mesh.client.getState(x.taskId)).state, x.state);
+});

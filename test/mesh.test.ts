@@ -108,6 +108,26 @@ test.serial("Watch from before submit and from after the end give the same order
   t.true(state.stages.every((s) => s.workerId.length > 0));
 });
 
+test.serial("a task id submitted again is the same task: its result, once, whether it still runs or ended", async (t) => {
+  const taskId = `again-${Date.now()}`;
+  // Twice at once (the second comes while the first runs), then once more after the end,
+  // by run (which waits for the result) and by submit.
+  const [first, second] = await Promise.all([
+    mesh.client.run("chain", { v: 5, path: [] }, { taskId }),
+    mesh.client.run("chain", { v: 5, path: [] }, { taskId }),
+  ]);
+  const third = await mesh.client.run("chain", { v: 5, path: [] }, { taskId });
+  t.is(await mesh.client.submit("chain", { v: 5, path: [] }, { taskId }), taskId);
+  for (const r of [first, second, third]) {
+    t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
+    t.is(r.taskId, taskId);
+    t.deepEqual(r.output.json<Trail>(), first.output.json<Trail>());
+  }
+  const s = await mesh.client.getState(taskId, { history: true });
+  t.is(s.history.filter((h) => h.stage === "" && h.to === State.SUCCEEDED).length, 1, "one terminal result");
+  t.deepEqual(s.output, first.output.bytes, "the record holds the first run's output");
+});
+
 test.serial("unknown pipeline is NOT_FOUND; empty or malformed requests are INVALID_ARGUMENT", async (t) => {
   const code = async (p: Promise<unknown>) => {
     const e = await t.throwsAsync(p);

@@ -59,17 +59,24 @@ export function submitStreamHandler(router: RouterServer, call: Call): Promise<v
         const submits: Promise<{ taskId: string; code: number; message: string }>[] = [];
         for (const t of req.tasks) {
           await router.acquireRoom();
+          // A result is awaited from the start: the router may tell it before the ack (a
+          // task stored with its end); it tells it exactly once when the submit succeeds.
+          let told = false;
+          const listener = req.awaitResults
+            ? (r: TaskResult) => {
+                told = true;
+                onResult(r);
+              }
+            : undefined;
+          if (listener) awaiting++;
           submits.push(
-            router.submit(t, true).then(
+            router.submit(t, true, listener).then(
               ({ taskId }) => {
-                if (req.awaitResults) {
-                  listeners.set(taskId, onResult);
-                  if (router.onResult(taskId, onResult)) awaiting++;
-                  else listeners.delete(taskId);
-                }
+                if (listener && !told) listeners.set(taskId, listener);
                 return { taskId, code: 0, message: "" };
               },
               (err: unknown) => {
+                if (listener) awaiting--;
                 const e = toDsatError(err);
                 return { taskId: t.taskId, code: e.code === Code.Unknown ? Code.Internal : e.code, message: e.rawMessage };
               },

@@ -635,11 +635,19 @@ export class RouterServer {
   // ------------------------------------------------------------------ tasks
 
   /**
-   * Accepts a task: validates it, stores it durably, and starts its entry stages.
-   * RESOURCE_EXHAUSTED when the router holds maxTasks already, unless `reserved` (a slot
-   * taken with acquireRoom).
+   * Accepts a task: validates it, stores it durably, and starts its entry stages; resolves
+   * once it is stored. RESOURCE_EXHAUSTED when the router holds maxTasks already, unless
+   * `reserved` (a slot taken with acquireRoom).
+   *
+   * With `listener` (a client that waits for the result), the task starts at once and its
+   * record may be stored with its end, in one write: its create is held back like the steps
+   * that nobody waits for (StatusReporter, statusLingerMs), and submit resolves once it is
+   * stored, so the client's answer still means the task is durable. When submit resolves,
+   * the listener is told exactly once: the result, or UNSPECIFIED when it is to be read from
+   * StatusService (a task with that id existed, the task moved to another router); when
+   * submit fails, never.
    */
-  async submit(req: SubmitRequest, reserved = false): Promise<{ taskId: string }> {
+  async submit(req: SubmitRequest, reserved = false, listener?: (r: TaskResult) => void): Promise<{ taskId: string }> {
     if (!reserved) {
       if (!this.hasRoom) {
         throw dsatError(
@@ -657,14 +665,14 @@ export class RouterServer {
       this.#admitting--;
     };
     try {
-      return await this.#admit(req, tabled);
+      return await this.#admit(req, tabled, listener);
     } finally {
       tabled();
       this.#wakeRoomWaiters();
     }
   }
 
-  async #admit(req: SubmitRequest, tabled: () => void): Promise<{ taskId: string }> {
+  async #admit(req: SubmitRequest, tabled: () => void, listener?: (r: TaskResult) => void): Promise<{ taskId: string }> {
     if (this.#draining || this.#closed) {
       throw dsatError(Code.Unavailable, `router ${this.id} is draining; submit to another router`);
     }
@@ -681,10 +689,32 @@ export class RouterServer {
     if (req.deadline && timestampDate(req.deadline).getTime() <= Date.now()) {
       throw dsatError(Code.DeadlineExceeded, "the task's deadline has already passed");
     }
-    if (req.taskId && this.#tasks.has(req.taskId)) return { taskId: req.taskId };
+    // Told once at most, whoever tells it first (the task's end, a move, a duplicate).
+    let told = false;
+    const tell = listener
+      ? (r: TaskResult) => {
+          if (told) return;
+          told = true;
+          listener(r);
+        }
+      : undefined;
     const pipeline = await this.#pipelines.current(req.pipeline);
     if (!pipeline) {
       throw dsatError(Code.NotFound, `pipeline "${req.pipeline}" not found; apply it first (dsat pipeline apply FILE)`);
+    }
+    // Looked up after the last await before the task is tabled: two submits of one id at once
+    // make one task.
+    const held = req.taskId ? this.#tasks.get(req.taskId) : undefined;
+    if (held) {
+      // Submitted again while it runs here: the same task.
+      if (tell) {
+        if (held.accepted && !(await held.accepted)) {
+          tell(this.#readFromStatus(held.task.id, "a task with this id existed already"));
+        } else if (!this.onResult(held.task.id, tell)) {
+          tell(this.#readFromStatus(held.task.id, "the task ended"));
+        }
+      }
+      return { taskId: held.task.id };
     }
     const task = create(TaskSchema, {
       id: req.taskId || randomUUID(),
@@ -700,12 +730,18 @@ export class RouterServer {
     tabled();
     const entries = entryStages(pipeline).map((name) => this.#newStage(run, name, task.payload));
     const first = entries.map((sr) => this.#transition(run, sr, State.UNSPECIFIED, State.PENDING));
+    const creating = this.#reporter.create(task, first, tell !== undefined);
+    if (tell) {
+      // Started before it is stored: stored with its end when that comes soon enough.
+      run.accepted = creating;
+      this.onResult(task.id, tell);
+      this.#start(run, entries, first);
+    }
     let isNew: boolean;
     try {
-      isNew = await this.#reporter.create(task, first);
+      isNew = await creating;
     } catch (err) {
-      this.#tasks.delete(task.id);
-      this.#wakeRoomWaiters();
+      this.#abandon(run, tell, "its record could not be stored");
       const e = toDsatError(err);
       // Out of space stays RESOURCE_EXHAUSTED (a client should back off, an operator act);
       // anything else is UNAVAILABLE: another router, or later, may store it.
@@ -714,18 +750,49 @@ export class RouterServer {
     }
     if (!isNew) {
       // A task with this id exists already: Submit is idempotent on the client's id.
-      this.#tasks.delete(task.id);
-      this.#wakeRoomWaiters();
+      this.#abandon(run, tell, "a task with its id existed");
+      tell?.(this.#readFromStatus(task.id, "a task with this id existed already"));
       return { taskId: task.id };
     }
     this.counters.accepted++;
+    if (!tell) this.#start(run, entries, first);
+    return { taskId: task.id };
+  }
+
+  /** Starts a new task's entry stages (and its deadline). */
+  #start(run: TaskRun, entries: StageRun[], first: Transition[]): void {
+    const task = run.task;
     this.#telemetry?.accepted(task, first);
     if (task.deadline) {
       const ms = timestampDate(task.deadline).getTime() - Date.now();
       run.deadlineTimer = setTimeout(() => this.#deadlinePassed(run), Math.max(0, ms));
     }
     for (const sr of entries) this.#enqueue(run, sr);
-    return { taskId: task.id };
+  }
+
+  /**
+   * Gives up a task that was not accepted after all (not stored, or its id taken): what it
+   * runs stops, nothing more of it is sent, and `listener` is not told of its end.
+   */
+  #abandon(run: TaskRun, listener: ((r: TaskResult) => void) | undefined, reason: string): void {
+    const id = run.task.id;
+    if (listener) this.#resultListeners.get(id)?.delete(listener);
+    if (this.#tasks.get(id) === run) {
+      if (run.accepted) this.#forget(id, reason);
+      else {
+        this.#tasks.delete(id);
+        this.#wakeRoomWaiters();
+      }
+    }
+  }
+
+  /** The result that tells a client to read the task's end from StatusService. */
+  #readFromStatus(taskId: string, why: string): TaskResult {
+    return create(TaskResultSchema, {
+      taskId,
+      state: State.UNSPECIFIED,
+      error: { code: codeName(Code.Aborted), message: `${why}; read its end from StatusService` },
+    });
   }
 
   #newStage(run: TaskRun, name: string, input: Uint8Array): StageRun {
@@ -1040,28 +1107,34 @@ export class RouterServer {
     const ended = () => this.#ending.delete(id);
     stored.then(ended, ended);
     this.#wakeRoomWaiters();
-    if (to === State.SUCCEEDED) this.counters.succeeded++;
-    else this.counters.failed++;
-    const listeners = this.#resultListeners.get(run.task.id);
-    if (!listeners) return;
-    this.#resultListeners.delete(run.task.id);
-    // A result is told once it is stored, so that GetState agrees with it from then on.
-    const result = create(TaskResultSchema, { taskId: run.task.id, state: to, output, error });
-    stored.then(
-      () => {
-        for (const l of listeners) l(result);
-      },
-      (err: unknown) => {
-        this.#log.error("a terminal transition could not be stored", { task: run.task.id, error: err });
-        // The waiting clients read the end from StatusService instead of hanging here.
-        const unknown = create(TaskResultSchema, {
-          taskId: run.task.id,
-          state: State.UNSPECIFIED,
-          error: { code: codeName(Code.Unavailable), message: "the task's end could not be stored yet" },
-        });
-        for (const l of listeners) l(unknown);
-      },
-    );
+    const listeners = this.#resultListeners.get(id);
+    this.#resultListeners.delete(id);
+    const told = () => {
+      if (to === State.SUCCEEDED) this.counters.succeeded++;
+      else this.counters.failed++;
+      if (!listeners) return;
+      // A result is told once it is stored, so that GetState agrees with it from then on.
+      const result = create(TaskResultSchema, { taskId: id, state: to, output, error });
+      stored.then(
+        () => {
+          for (const l of listeners) l(result);
+        },
+        (err: unknown) => {
+          this.#log.error("a terminal transition could not be stored", { task: id, error: err });
+          // The waiting clients read the end from StatusService instead of hanging here.
+          const unknown = create(TaskResultSchema, {
+            taskId: id,
+            state: State.UNSPECIFIED,
+            error: { code: codeName(Code.Unavailable), message: "the task's end could not be stored yet" },
+          });
+          for (const l of listeners) l(unknown);
+        },
+      );
+    };
+    // A task started before it was stored counts, and its end is told, only once it is
+    // accepted (submit tells its client otherwise).
+    if (run.accepted) run.accepted.then((isNew) => isNew && told(), () => {});
+    else told();
   }
 
   /** Cancels every stage of a task that has not ended. */

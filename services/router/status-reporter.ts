@@ -142,22 +142,31 @@ export class StatusReporter {
   /**
    * Stores a new task and its first transitions; resolves once they are durable, with
    * false when a task with that id already existed (then nothing was stored).
+   *
+   * `hold`: the create may be held back like a transition sent with `send` (lingerMs, and
+   * only while the lane is busy), and the task's next steps join it: a task that ends within
+   * that time is stored once, with its end, instead of twice. Whoever waits for the create
+   * then waits that long too.
    */
-  create(task: Task, transitions: Transition[]): Promise<boolean> {
+  create(task: Task, transitions: Transition[], hold = false): Promise<boolean> {
     let isNew = true;
     const lane = this.#lane(task.id);
     return new Promise<void>((resolve, reject) => {
-      lane.release(task.id);
-      lane.push({
-        task,
-        onCreated: (n) => {
-          isNew = n;
+      const items: Item[] = [
+        {
+          task,
+          onCreated: (n) => {
+            isNew = n;
+          },
         },
-      });
+      ];
       transitions.forEach((t, i) => {
-        lane.push(i === transitions.length - 1 ? { transition: t, done: { resolve, reject } } : { transition: t });
+        items.push(i === transitions.length - 1 ? { transition: t, done: { resolve, reject } } : { transition: t });
       });
-      if (transitions.length === 0) lane.push({ done: { resolve, reject }, taskId: task.id });
+      if (transitions.length === 0) items.push({ done: { resolve, reject }, taskId: task.id });
+      lane.release(task.id);
+      if (hold) lane.holdAll(task.id, items);
+      else for (const it of items) lane.push(it);
     }).then(() => isNew);
   }
 
@@ -251,17 +260,21 @@ class Lane {
 
   /** Holds a transition back while the lane is busy; sends it at once when it is idle. */
   hold(t: Transition): void {
-    const item: Item = { transition: t };
-    const held = this.#held.get(t.taskId);
+    this.holdAll(t.taskId, [{ transition: t }]);
+  }
+
+  /** Holds a task's items back, in order, after those of it held already (see hold). */
+  holdAll(taskId: string, items: Item[]): void {
+    const held = this.#held.get(taskId);
     if (held) {
-      held.items.push(item);
+      held.items.push(...items);
       return;
     }
     if (this.#opts.lingerMs <= 0 || (!this.#busy && this.#queue.length === 0)) {
-      this.push(item);
+      for (const it of items) this.push(it);
       return;
     }
-    this.#held.set(t.taskId, { since: performance.now(), items: [item] });
+    this.#held.set(taskId, { since: performance.now(), items });
     this.#arm();
   }
 

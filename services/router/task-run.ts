@@ -34,6 +34,12 @@ export interface TaskRun {
   /** Join stages (several parents) waiting for their parents. */
   readonly joins: Set<string>;
   deadlineTimer: NodeJS.Timeout | undefined;
+  /**
+   * For a task whose record is stored with its end (see RouterServer.submit): resolves once
+   * its create is stored, true when the task is new (false: a task with its id existed).
+   * Undefined when the task was stored before it started.
+   */
+  accepted?: Promise<boolean>;
   /** The task's bytes without payload and headers, shared by its assignments (assignment-encoding.ts); made at the first dispatch. */
   taskBase?: Uint8Array;
 }

@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { createClient, type RunResult } from "@dsat/sdk";
 import type { TestMesh } from "./mesh.ts";
 import type { ServiceProcess } from "./processes.ts";
@@ -17,11 +18,17 @@ export async function runThroughKilledRouter(mesh: TestMesh, doomed: ServiceProc
       const views = await viaDoomed.listWorkers();
       return (views[0]?.workers.filter((w) => w.connected).length ?? 0) === 2;
     }, { what: "the doomed router to connect to both workers" });
-    const runs = Array.from({ length: 20 }, (_, i) => viaDoomed.run("two", { ms: 1200, i }));
+    const ids = Array.from({ length: 20 }, (_, i) => `takeover-${i}-${randomUUID().slice(0, 8)}`);
+    const runs = ids.map((taskId, i) => viaDoomed.run("two", { ms: 1200, i }, { taskId }));
     await waitFor(async () => {
       const views = await viaDoomed.listWorkers();
       return views[0]?.workers.find((w) => w.stage === "hold" && w.inFlight === 6);
     }, { what: "the hold worker to be full" });
+    // Accepted, that is stored (a task may start before): the router's take-over is tested,
+    // not the client's submitting again elsewhere (it knows of no other router).
+    await waitFor(async () => (await Promise.all(ids.map((id) => viaDoomed.getState(id)))).length === ids.length, {
+      what: "every task to be stored",
+    });
     await doomed.kill9();
     return await Promise.all(runs);
   } finally {
