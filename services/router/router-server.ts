@@ -639,10 +639,11 @@ export class RouterServer {
    * once it is stored. RESOURCE_EXHAUSTED when the router holds maxTasks already, unless
    * `reserved` (a slot taken with acquireRoom).
    *
-   * With `listener` (a client that waits for the result), the task starts at once and its
-   * record may be stored with its end, in one write: its create is held back like the steps
-   * that nobody waits for (StatusReporter, statusLingerMs), and submit resolves once it is
-   * stored, so the client's answer still means the task is durable. When submit resolves,
+   * With `listener` (a client that waits for the result) and a fresh id (`fresh_id`, or
+   * none), the task starts at once and its record may be stored with its end, in one write:
+   * its create is held back like the steps that nobody waits for (StatusReporter,
+   * statusLingerMs), and submit resolves once it is stored, so the client's answer still
+   * means the task is durable. When submit resolves,
    * the listener is told exactly once: the result, or UNSPECIFIED when it is to be read from
    * StatusService (a task with that id existed, the task moved to another router); when
    * submit fails, never.
@@ -730,8 +731,11 @@ export class RouterServer {
     tabled();
     const entries = entryStages(pipeline).map((name) => this.#newStage(run, name, task.payload));
     const first = entries.map((sr) => this.#transition(run, sr, State.UNSPECIFIED, State.PENDING));
-    const creating = this.#reporter.create(task, first, tell !== undefined);
-    if (tell) {
+    // Started before it is stored only when its id names no task yet: an id reused as an
+    // idempotency key must not run anything when its task exists.
+    const early = tell !== undefined && (req.freshId || !req.taskId);
+    const creating = this.#reporter.create(task, first, early);
+    if (early) {
       // Started before it is stored: stored with its end when that comes soon enough.
       run.accepted = creating;
       this.onResult(task.id, tell);
@@ -755,7 +759,10 @@ export class RouterServer {
       return { taskId: task.id };
     }
     this.counters.accepted++;
-    if (!tell) this.#start(run, entries, first);
+    if (!early) {
+      if (tell) this.onResult(task.id, tell);
+      this.#start(run, entries, first);
+    }
     return { taskId: task.id };
   }
 

@@ -212,6 +212,9 @@ class Client implements DsatClient {
       payload: encodePayload(payload),
       // Chosen here, so that submitting again after a router failed cannot run it twice.
       taskId: options.taskId ?? randomUUID(),
+      // Made up here for this submission, it names no task yet: run's router may start the
+      // task before it is stored (an id of the caller's is an idempotency key: not fresh).
+      freshId: options.taskId === undefined,
       // The active OpenTelemetry context (if any) becomes the task's parent.
       headers: withTraceContext(options.headers ?? {}),
       deadline: deadlineMs === undefined ? undefined : timestampFromMs(deadlineMs),

@@ -44,6 +44,18 @@ export declare type SubmitRequest = Message<"dsat.v1.SubmitRequest"> & {
    * @generated from field: google.protobuf.Timestamp deadline = 5;
    */
   deadline?: Timestamp | undefined;
+
+  /**
+   * The client made task_id up for this submission (a random UUID, say), so that it names no
+   * task yet, rather than reusing an id as an idempotency key. With await_results, the router
+   * may then start the task before it is stored (see SubmitStreamRequest.await_results); a
+   * task_id that does name a task could have stages of it run again before the router learns
+   * that it exists. Unset: the task is stored before it starts, and an id that names a task
+   * runs nothing. An empty task_id is made up by the router, and counts as fresh.
+   *
+   * @generated from field: bool fresh_id = 6;
+   */
+  freshId: boolean;
 };
 
 /**
@@ -78,7 +90,10 @@ export declare type SubmitStreamRequest = Message<"dsat.v1.SubmitStreamRequest">
   tasks: SubmitRequest[];
 
   /**
-   * Also stream each task's result back when it ends.
+   * Also stream each task's result back when it ends. The router may then start a task
+   * whose id is fresh (SubmitRequest.fresh_id, or no id) before it is stored, and under load
+   * store it once, with its end: its ack still comes only once it is stored (at the latest
+   * with its result, which may come first).
    *
    * @generated from field: bool await_results = 2;
    */
