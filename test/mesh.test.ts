@@ -116,8 +116,12 @@ test.serial("a task id submitted again is the same task: its result, once, wheth
     mesh.client.run("chain", { v: 5, path: [] }, { taskId }),
     mesh.client.run("chain", { v: 5, path: [] }, { taskId }),
   ]);
+  // An id of the caller's is an idempotency key: submitted again once its task ended, it runs nothing.
+  const dispatched = async () => (await mesh.client.listWorkers()).flatMap((v) => v.workers).reduce((n, w) => n + w.dispatched, 0n);
+  const before = await dispatched();
   const third = await mesh.client.run("chain", { v: 5, path: [] }, { taskId });
   t.is(await mesh.client.submit("chain", { v: 5, path: [] }, { taskId }), taskId);
+  t.is(await dispatched(), before, "no stage dispatched for the task submitted again");
   for (const r of [first, second, third]) {
     t.is(stateName(r.state), "SUCCEEDED", r.error?.message);
     t.is(r.taskId, taskId);
