@@ -303,6 +303,36 @@ test("close tells whoever still waits, instead of leaving them hanging", async (
   t.is(err?.code, Code.Unavailable);
 });
 
+test("a create held (hold): while busy it waits with its task's steps and goes with its end, in one Report; when idle it goes at once", async (t) => {
+  const peer = await startPeer();
+  t.teardown(() => peer.server.close());
+  const r = reporter(peer, { lingerMs: 60_000, idleReleaseBelow: 0 });
+  t.teardown(() => r.close());
+  const task = (id: string) => create(TaskSchema, { id, pipeline: "p" });
+
+  // Idle: the create goes now, and resolves once stored.
+  t.true(await r.create(task("idle"), [step("idle", "s1", State.UNSPECIFIED, State.PENDING)], true));
+  t.deepEqual(peer.reports[0]?.created.map((x) => x.id), ["idle"]);
+
+  const { done: busy } = await makeBusy(peer, r, 2);
+  let stored = false;
+  const created = r.create(task("h"), [step("h", "s1", State.UNSPECIFIED, State.PENDING)], true).then((isNew) => {
+    stored = true;
+    return isNew;
+  });
+  r.send(step("h", "s1", State.PENDING, State.DISPATCHED));
+  answerHeld(peer);
+  await busy;
+  t.false(stored, "held: not stored while its task runs");
+  t.is(r.held, 3, "the create, its first step and the next one");
+  const end = r.sendDurable(step("h", "", State.RUNNING, State.SUCCEEDED));
+  t.true(await created);
+  await end;
+  const last = peer.reports.at(-1) as ReportRequest;
+  t.deepEqual(last.created.map((x) => x.id), ["h"], "the create went with the end");
+  t.deepEqual(ids(last), ["h:s1:PENDING", "h:s1:DISPATCHED", "h::SUCCEEDED"]);
+});
+
 test("forget drops a task's unsent steps, held and queued, and tells whoever waits; the Report in flight and other tasks are kept", async (t) => {
   const peer = await startPeer();
   t.teardown(() => peer.server.close());

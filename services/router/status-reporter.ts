@@ -260,20 +260,27 @@ class Lane {
 
   /** Holds a transition back while the lane is busy; sends it at once when it is idle. */
   hold(t: Transition): void {
-    this.holdAll(t.taskId, [{ transition: t }]);
+    const item: Item = { transition: t };
+    const held = this.#held.get(t.taskId);
+    if (held) held.items.push(item);
+    else if (this.#holds()) this.#holdNew(t.taskId, [item]);
+    else this.push(item);
   }
 
   /** Holds a task's items back, in order, after those of it held already (see hold). */
   holdAll(taskId: string, items: Item[]): void {
     const held = this.#held.get(taskId);
-    if (held) {
-      held.items.push(...items);
-      return;
-    }
-    if (this.#opts.lingerMs <= 0 || (!this.#busy && this.#queue.length === 0)) {
-      for (const it of items) this.push(it);
-      return;
-    }
+    if (held) held.items.push(...items);
+    else if (this.#holds()) this.#holdNew(taskId, items);
+    else for (const it of items) this.push(it);
+  }
+
+  /** Whether what comes now is held: the lane is busy, and holding is on. */
+  #holds(): boolean {
+    return this.#opts.lingerMs > 0 && (this.#busy || this.#queue.length > 0);
+  }
+
+  #holdNew(taskId: string, items: Item[]): void {
     this.#held.set(taskId, { since: performance.now(), items });
     this.#arm();
   }
