@@ -27,8 +27,6 @@ import {
   MemberKind,
   MemberSchema,
   MemberWatcher,
-  nextStages,
-  parentStages,
   encodePayload,
   type Pipeline,
   PipelineSchema,
@@ -66,6 +64,7 @@ import { submitStreamHandler } from "./handlers.ts";
 import { checkRouterOptions, DEFAULT_ROUTER_OPTIONS, type RouterOptions } from "./options.ts";
 import { ForgottenAttempts } from "./forgotten-attempts.ts";
 import { PipelineCache } from "./pipeline-cache.ts";
+import { graphOf } from "./pipeline-graph.ts";
 import { adoptTraceMetadata, type BatchHop, RouterTelemetry } from "./router-telemetry.ts";
 import { StatusReporter } from "./status-reporter.ts";
 import type { StageRun, TaskRun } from "./task-run.ts";
@@ -729,7 +728,7 @@ export class RouterServer {
     const run = newRun(task, pipeline, State.PENDING);
     this.#tasks.set(task.id, run);
     tabled();
-    const entries = entryStages(pipeline).map((name) => this.#newStage(run, name, task.payload));
+    const entries = graphOf(pipeline).entries.map((name) => this.#newStage(run, name, task.payload));
     const first = entries.map((sr) => this.#transition(run, sr, State.UNSPECIFIED, State.PENDING));
     // Started before it is stored only when its id names no task yet: an id reused as an
     // idempotency key must not run anything when its task exists.
@@ -918,7 +917,7 @@ export class RouterServer {
   }
 
   #onWorkerTransition(link: WorkerLink, t: Transition): void {
-    const px = this.#proxied.get(WorkerLink.key(t.taskId, t.stage, t.attempt));
+    const px = this.#proxied.size > 0 ? this.#proxied.get(WorkerLink.key(t.taskId, t.stage, t.attempt)) : undefined;
     if (px && px.link === link) {
       this.#proxyTransition(px, t);
       return;
@@ -977,11 +976,12 @@ export class RouterServer {
   #moveOn(run: TaskRun, stage: string): void {
     const o = run.outputs.get(stage);
     if (!o) return;
-    const next = nextStages(run.pipeline, stage, o.port);
+    const graph = graphOf(run.pipeline);
+    const next = graph.next(stage, o.port);
     if (next.length === 0) run.output = o.output;
     for (const name of next) {
       if (run.stages.has(name)) continue;
-      if (new Set(parentStages(run.pipeline, name)).size > 1) run.joins.add(name);
+      if (graph.parents(name).length > 1) run.joins.add(name);
       else this.#startStage(run, name, o.output);
     }
     this.#startReadyJoins(run);
@@ -1004,7 +1004,8 @@ export class RouterServer {
    */
   #startReadyJoins(run: TaskRun): void {
     if (run.joins.size === 0) return;
-    const edges = effectiveEdges(run.pipeline);
+    const graph = graphOf(run.pipeline);
+    const edges = graph.edges;
     // Stages that may still run: those started and not ended, waiting joins, and all below them.
     const mayRun = new Set<string>();
     const stack: string[] = [...run.joins];
@@ -1018,7 +1019,7 @@ export class RouterServer {
       for (const e of edges) if (e.from === n) stack.push(e.to);
     }
     for (const join of [...run.joins]) {
-      const parents = [...new Set(parentStages(run.pipeline, join))];
+      const parents = graph.parents(join);
       const delivered = parents.filter((p) => {
         const o = run.outputs.get(p);
         return o !== undefined && edges.some((e) => e.from === p && e.to === join && e.port === o.port);
