@@ -3,20 +3,16 @@
 import { randomUUID } from "node:crypto";
 import test from "ava";
 import { createClient, State, stateName } from "@dsat/sdk";
-import { startMesh, type TestMesh } from "./helpers/mesh.ts";
+import type { TestMesh } from "./helpers/mesh.ts";
+import { startTwoRouterMesh } from "./helpers/takeover.ts";
 import { waitFor } from "./helpers/wait.ts";
 
+/** The mesh's lease TTL, in seconds (startTwoRouterMesh). */
 const TTL_S = 2;
 let mesh: TestMesh;
 
 test.before(async () => {
-  // --status-linger-ms 0: each step is stored at once, so the test can wait on the records.
-  mesh = await startMesh({ leaseTtlSeconds: TTL_S, routers: 2, routerArgs: ["--status-linger-ms", "0"] });
-  await mesh.client.applyPipeline({ name: "two", stages: [{ name: "hold" }, { name: "echo" }] });
-  await Promise.all([
-    mesh.addWorker("hold", "hold", ["--concurrency", "12"]),
-    mesh.addWorker("echo", "echo", ["--concurrency", "8"]),
-  ]);
+  mesh = await startTwoRouterMesh(12);
 });
 
 test.after.always(async () => {

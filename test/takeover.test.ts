@@ -1,22 +1,12 @@
 import test from "ava";
 import { State, stateName } from "@dsat/sdk";
-import { startMesh, type TestMesh } from "./helpers/mesh.ts";
-import { runThroughKilledRouter } from "./helpers/takeover.ts";
+import type { TestMesh } from "./helpers/mesh.ts";
+import { runThroughKilledRouter, startTwoRouterMesh } from "./helpers/takeover.ts";
 
 let mesh: TestMesh;
 
 test.before(async () => {
-  // --status-linger-ms 0: every step is stored as soon as it can be, so the doomed router's
-  // DISPATCHED and RUNNING of the attempts it loses are in StatusService and the survivor
-  // records those attempts as lost. With the default linger, a router killed within 250 ms
-  // of such steps may take them with it (the survivor's history then shows one attempt,
-  // also right); the chaos test kills routers with the default and checks nothing is lost.
-  mesh = await startMesh({ leaseTtlSeconds: 2, routers: 2, routerArgs: ["--status-linger-ms", "0"] });
-  await mesh.client.applyPipeline({ name: "two", stages: [{ name: "hold" }, { name: "echo" }] });
-  await Promise.all([
-    mesh.addWorker("hold", "hold", ["--concurrency", "6"]),
-    mesh.addWorker("echo", "echo", ["--concurrency", "8"]),
-  ]);
+  mesh = await startTwoRouterMesh(6);
 });
 
 test.after.always(async () => {

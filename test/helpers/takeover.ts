@@ -1,8 +1,27 @@
 import { randomUUID } from "node:crypto";
 import { createClient, type RunResult } from "@dsat/sdk";
-import type { TestMesh } from "./mesh.ts";
+import { startMesh, type TestMesh } from "./mesh.ts";
 import type { ServiceProcess } from "./processes.ts";
 import { waitFor } from "./wait.ts";
+
+/**
+ * Two routers (lease TTL 2 s) and pipeline "two" (stages hold, then echo), with one worker
+ * per stage, `hold` running `holdConcurrency` tasks at once. --status-linger-ms 0: every step
+ * is stored as soon as it can be, so that a test can wait on the records, and a router that
+ * dies leaves the attempts it lost in StatusService (the survivor records them as lost).
+ * With the default linger, a router killed within 250 ms of such steps may take them with
+ * it (the survivor's history then shows one attempt, also right); the chaos test kills
+ * routers with the default and checks nothing is lost.
+ */
+export async function startTwoRouterMesh(holdConcurrency: number): Promise<TestMesh> {
+  const mesh = await startMesh({ leaseTtlSeconds: 2, routers: 2, routerArgs: ["--status-linger-ms", "0"] });
+  await mesh.client.applyPipeline({ name: "two", stages: [{ name: "hold" }, { name: "echo" }] });
+  await Promise.all([
+    mesh.addWorker("hold", "hold", ["--concurrency", String(holdConcurrency)]),
+    mesh.addWorker("echo", "echo", ["--concurrency", "8"]),
+  ]);
+  return mesh;
+}
 
 /**
  * Kills a router with -9 while it holds tasks, and waits for their results: through
