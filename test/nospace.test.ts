@@ -30,6 +30,14 @@ test("Submit on an etcd out of space is RESOURCE_EXHAUSTED at once, saying what 
   t.is(err?.code, Code.ResourceExhausted);
   t.regex(err?.rawMessage ?? "", /out of space/);
   t.regex(err?.rawMessage ?? "", /--task-retention-ms/);
+  // A run (which may start its task before storing it) is refused the same way, and the
+  // task it started is stopped: its client gets the refusal, not a result.
+  const runErr = await mesh.client.run("tiny", { n: 3 }).then(
+    (r) => new Error(`a result came: ${stateName(r.state)}`),
+    (e: unknown) => ConnectError.from(e),
+  );
+  t.is((runErr as ConnectError).code, Code.ResourceExhausted, runErr.message);
+  t.regex((runErr as ConnectError).rawMessage ?? "", /out of space/);
   const state = await mesh.client.getState(before.taskId);
   t.is(stateName(state.state), "SUCCEEDED", "reads go on");
 });

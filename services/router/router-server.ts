@@ -734,9 +734,9 @@ export class RouterServer {
     // idempotency key must not run anything when its task exists.
     const early = tell !== undefined && (req.freshId || !req.taskId);
     const creating = this.#reporter.create(task, first, early);
+    run.accepted = creating;
     if (early) {
       // Started before it is stored: stored with its end when that comes soon enough.
-      run.accepted = creating;
       this.onResult(task.id, tell);
       this.#start(run, entries, first);
     }
@@ -783,13 +783,7 @@ export class RouterServer {
   #abandon(run: TaskRun, listener: ((r: TaskResult) => void) | undefined, reason: string): void {
     const id = run.task.id;
     if (listener) this.#resultListeners.get(id)?.delete(listener);
-    if (this.#tasks.get(id) === run) {
-      if (run.accepted) this.#forget(id, reason);
-      else {
-        this.#tasks.delete(id);
-        this.#wakeRoomWaiters();
-      }
-    }
+    if (this.#tasks.get(id) === run) this.#forget(id, reason);
   }
 
   /** The result that tells a client to read the task's end from StatusService. */
@@ -1140,7 +1134,7 @@ export class RouterServer {
       );
     };
     // A task started before it was stored counts, and its end is told, only once it is
-    // accepted (submit tells its client otherwise).
+    // accepted (submit tells its client otherwise). A resumed task was accepted long ago.
     if (run.accepted) run.accepted.then((isNew) => isNew && told(), () => {});
     else told();
   }

@@ -35,9 +35,9 @@ export interface TaskRun {
   readonly joins: Set<string>;
   deadlineTimer: NodeJS.Timeout | undefined;
   /**
-   * For a task whose record is stored with its end (see RouterServer.submit): resolves once
-   * its create is stored, true when the task is new (false: a task with its id existed).
-   * Undefined when the task was stored before it started.
+   * For a task submitted here: resolves once its create is stored, true when the task is new
+   * (false: a task with its id existed); a task may start before (see RouterServer.submit).
+   * Undefined for a task taken over from another router.
    */
   accepted?: Promise<boolean>;
   /** The task's bytes without payload and headers, shared by its assignments (assignment-encoding.ts); made at the first dispatch. */
