@@ -1141,7 +1141,8 @@ export class RouterServer {
 
   /** Cancels every stage of a task that has not ended. */
   #stopStages(run: TaskRun, reason: string): void {
-    const error = create(TaskErrorSchema, { code: codeName(Code.Canceled), message: reason });
+    // Made once a stage needs it: a task that succeeded has none left to cancel.
+    let error: TaskError | undefined;
     for (const sr of run.stages.values()) {
       if (sr.retryTimer) clearTimeout(sr.retryTimer);
       if (sr.waitTimer) clearTimeout(sr.waitTimer);
@@ -1161,6 +1162,7 @@ export class RouterServer {
             const i = q?.indexOf(sr) ?? -1;
             if (q && i >= 0) q.splice(i, 1);
           }
+          error ??= create(TaskErrorSchema, { code: codeName(Code.Canceled), message: reason });
           this.#reporter.send(this.#transition(run, sr, sr.state, State.CANCELLED, { error }));
           sr.state = State.CANCELLED;
           run.active--;
