@@ -34,7 +34,7 @@ test.serial("a clear error when etcd cannot be reached", (t) => {
   t.regex(r.err, /dsat members: cannot reach etcd at 127\.0\.0\.1:1 .*dsat up.*--etcd/);
 });
 
-test.serial("dsat up runs a satellite that the other commands drive; Ctrl-C stops it all", async (t) => {
+test.serial("dsat up runs a satellite (its router serving StatusService) that the other commands drive; Ctrl-C stops it all", async (t) => {
   up = spawn(DSAT, ["up", "examples/demo/pipeline.yaml", "--etcd", etcd.endpoint], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
   up.stdout?.on("data", (d: Buffer) => (upOut += d.toString()));
   up.stderr?.on("data", (d: Buffer) => (upOut += d.toString()));
@@ -42,13 +42,17 @@ test.serial("dsat up runs a satellite that the other commands drive; Ctrl-C stop
 
   await waitFor(() => {
     const m = dsat("members", "--etcd", etcd.endpoint);
-    // 1 status + 1 router + 7 workers, each with its load as the router sees it.
+    // 1 router (a status member too) + 7 workers, each with its load as the router sees it.
     return m.code === 0 && m.out.split("\n").filter((l) => /^worker\s/.test(l) && /\d+\/32/.test(l)).length === 7 ? m : undefined;
   }, { timeoutMs: 20_000, what: "dsat members to list 7 connected workers" });
   const members = dsat("members", "--etcd", etcd.endpoint);
   t.regex(members.out, /^KIND\s+ID\s+ADDRESS\s+STAGE\s+VERSION\s+LOAD/m);
   t.regex(members.out, /^router\s/m);
   t.regex(members.out, /^status\s/m);
+  t.regex(upOut, /^router\s+127\.0\.0\.1:\d+\s+\S+\s+\(serves StatusService too\)$/m);
+  t.notRegex(upOut, /^status\s/m, "no status process");
+  const addressOf = (kind: string) => [...members.out.matchAll(new RegExp(`^${kind}\\s+(\\S+)\\s+(\\S+)`, "gm"))].map((m) => `${m[1]} ${m[2]}`);
+  t.deepEqual(addressOf("status"), addressOf("router"), "one status member: the router, at its address");
   t.regex(members.out, new RegExp(`^worker\\s+\\S+\\s+127\\.0\\.0\\.1:\\d+\\s+classify\\s+${DSAT_VERSION.replaceAll(".", "\\.")}\\s+\\d+/32`, "m"));
 
   const top = dsat("top", "--once", "--etcd", etcd.endpoint);
@@ -96,9 +100,9 @@ test.serial("dsat up runs a satellite that the other commands drive; Ctrl-C stop
   }, { timeoutMs: 15_000, what: "every member to leave etcd after Ctrl-C" });
 });
 
-test.serial("dsat up --serve-status: no status process, the router serves StatusService; the commands work alike", async (t) => {
+test.serial("dsat up --status-process: StatusService in a process of its own; the commands work alike", async (t) => {
   let out = "";
-  const proc = spawn(DSAT, ["up", "examples/demo/pipeline.yaml", "--serve-status", "--etcd", etcd.endpoint], {
+  const proc = spawn(DSAT, ["up", "examples/demo/pipeline.yaml", "--status-process", "--etcd", etcd.endpoint], {
     cwd: ROOT,
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -107,14 +111,15 @@ test.serial("dsat up --serve-status: no status process, the router serves Status
   });
   proc.stdout?.on("data", (d: Buffer) => (out += d.toString()));
   proc.stderr?.on("data", (d: Buffer) => (out += d.toString()));
-  await waitFor(() => out.includes("the mesh is up"), { timeoutMs: 60_000, what: `dsat up --serve-status to be ready: ${out}` });
-  t.regex(out, /^router\s+127\.0\.0\.1:\d+\s+\S+\s+\(serves StatusService too\)$/m);
-  t.notRegex(out, /^status\s/m, "no status process");
+  await waitFor(() => out.includes("the mesh is up"), { timeoutMs: 60_000, what: `dsat up --status-process to be ready: ${out}` });
+  t.regex(out, /^status\s+127\.0\.0\.1:\d+\s+\S+$/m, "a status process");
+  t.notRegex(out, /serves StatusService too/);
 
   const members = dsat("members", "--etcd", etcd.endpoint);
   t.is(members.code, 0, members.err);
   const addressOf = (kind: string) => [...members.out.matchAll(new RegExp(`^${kind}\\s+(\\S+)\\s+(\\S+)`, "gm"))].map((m) => `${m[1]} ${m[2]}`);
-  t.deepEqual(addressOf("status"), addressOf("router"), "one status member: the router, at its address");
+  t.notDeepEqual(addressOf("status"), addressOf("router"), "the status member is its own process");
+  t.is(addressOf("status").length, 1);
 
   const waited = dsat("submit", "demo", '{"id":5,"text":"Served by the router"}', "--wait", "--etcd", etcd.endpoint);
   t.is(waited.code, 0, waited.err);

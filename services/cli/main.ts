@@ -9,9 +9,10 @@ import { startSatellite } from "./satellite.ts";
 const HELP = `dsat ${DSAT_VERSION}: a distributed pipeline mesh
 
 usage:
-  dsat up [PIPELINE_FILE...]        a local satellite: etcd (unless --etcd), status, router, and
-        [--serve-status]            the workers each file names; Ctrl-C stops everything;
-                                    --serve-status: the routers serve StatusService themselves
+  dsat up [PIPELINE_FILE...]        a local satellite: etcd (unless --etcd), a router that serves
+        [--status-process]          StatusService too, and the workers each file names; Ctrl-C
+                                    stops everything; --status-process: StatusService in a
+                                    process of its own instead
   dsat demo [--tasks N]             the sample pipeline over N tasks (default 1000), then stop
   dsat pipeline apply FILE          validate and store a pipeline definition (YAML or JSON)
   dsat pipeline list                the pipelines and their versions
@@ -48,6 +49,7 @@ const { values, positionals } = parseArgs({
     limit: { type: "string" },
     once: { type: "boolean" },
     "serve-status": { type: "boolean" },
+    "status-process": { type: "boolean" },
     help: { type: "boolean", short: "h" },
   },
 });
@@ -134,7 +136,8 @@ async function up(): Promise<number> {
     dataDir: values["data-dir"],
     files,
     routers: values.routers ? Number(values.routers) : 1,
-    serveStatus: values["serve-status"] ?? false,
+    // --serve-status is the default now; it is still accepted.
+    serveStatus: !(values["status-process"] ?? false),
     log: (l) => process.stdout.write(`${l}\n`),
   });
   process.stdout.write(`\nthe mesh is up. In another terminal: dsat members, dsat submit …, dsat watch ID. Ctrl-C stops it.\n`);

@@ -24,7 +24,10 @@ export interface SatelliteOptions {
   poolScaling: Partial<Omit<PoolScalerOptions, "min" | "max">>;
   /** How often the pools look at the load (Topology), in milliseconds. Default 1000. */
   sampleMs: number;
-  /** The routers serve StatusService themselves (--serve-status) and no status process runs. Default false. */
+  /**
+   * The routers serve StatusService themselves (--serve-status) and no status process runs.
+   * Default true: one process fewer, and faster (`docs/operations.md`, *Status servers*).
+   */
   serveStatus: boolean;
 }
 
@@ -73,16 +76,17 @@ export async function startSatellite(options: Partial<SatelliteOptions> = {}): P
     }
     const ttl = String(options.leaseTtlSeconds ?? 5);
     const common = ["--etcd", etcd, "--lease-ttl", ttl];
-    if (!options.serveStatus) {
+    const serveStatus = options.serveStatus ?? true;
+    if (!serveStatus) {
       const status = await supervisor.start("status", "services/status/main.ts", common);
       log(`status    ${status.ready.address}  ${status.ready.id}`);
     }
     for (let i = 0; i < (options.routers ?? 1); i++) {
       const r = await supervisor.start(`router-${i + 1}`, "services/router/main.ts", [
         ...common,
-        ...(options.serveStatus ? ["--serve-status"] : []),
+        ...(serveStatus ? ["--serve-status"] : []),
       ]);
-      log(`router    ${r.ready.address}  ${r.ready.id}${options.serveStatus ? "  (serves StatusService too)" : ""}`);
+      log(`router    ${r.ready.address}  ${r.ready.id}${serveStatus ? "  (serves StatusService too)" : ""}`);
     }
     const client = createClient({ etcd });
     for (const f of options.files ?? []) {
