@@ -440,6 +440,7 @@ class Lane {
     }
     this.#queue.splice(0, this.#queue.length, ...keptQueue);
     batch.splice(0, batch.length, ...keptBatch);
+    this.#sending = batch.length;
     return true;
   }
 
