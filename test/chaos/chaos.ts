@@ -200,7 +200,8 @@ export async function runChaos(options: Partial<ChaosOptions> = {}): Promise<Cha
         try {
           // Bounded: a run that never answers is reported (with its task id), not waited for forever.
           const r = await Promise.race([
-            mesh.client.run("chaos", { v: i, path: [] }, { taskId: `chaos-${i}` }),
+            // Fresh ids (a new etcd each run): tasks may start before they are stored.
+            mesh.client.run("chaos", { v: i, path: [] }, { taskId: `chaos-${i}`, freshId: true }),
             new Promise<never>((_, reject) =>
               setTimeout(() => reject(new Error(`no answer after ${RUN_TIMEOUT_MS} ms`)), RUN_TIMEOUT_MS).unref(),
             ),

@@ -54,6 +54,14 @@ export interface SubmitOptions {
   /** Your own task id: submitting the same id again does not run the task twice. */
   taskId?: string;
   /**
+   * `taskId` was made up for this submission (a new UUID of yours) and names no task yet, so
+   * that `run` may start the task before it is stored, and store it once with its end under
+   * load, as it does with an id it makes up itself. Leave it unset for an id that you reuse
+   * as an idempotency key: with it set, a task that exists already could have stages run
+   * again before the router learns that it exists. Default: true without `taskId`.
+   */
+  freshId?: boolean;
+  /**
    * The task's headers, seen by every stage's handler. Unless they carry a `traceparent`,
    * the trace context of the active OpenTelemetry span (if any) is added to them.
    */
@@ -213,8 +221,9 @@ class Client implements DsatClient {
       // Chosen here, so that submitting again after a router failed cannot run it twice.
       taskId: options.taskId ?? randomUUID(),
       // Made up here for this submission, it names no task yet: run's router may start the
-      // task before it is stored (an id of the caller's is an idempotency key: not fresh).
-      freshId: options.taskId === undefined,
+      // task before it is stored (an id of the caller's is an idempotency key: not fresh,
+      // unless the caller says so).
+      freshId: options.taskId === undefined || options.freshId === true,
       // The active OpenTelemetry context (if any) becomes the task's parent.
       headers: withTraceContext(options.headers ?? {}),
       deadline: deadlineMs === undefined ? undefined : timestampFromMs(deadlineMs),
@@ -254,7 +263,8 @@ class Client implements DsatClient {
     if (ack.code === Code.Unavailable && (options?.attempt ?? 0) < 5) {
       // That router is draining or cannot store tasks: start over on another one.
       stream.close();
-      return this.run(pipeline, payload, { ...options, taskId: req.taskId, attempt: (options?.attempt ?? 0) + 1 });
+      // The id is no longer fresh: the first submission may have been stored.
+      return this.run(pipeline, payload, { ...options, taskId: req.taskId, freshId: false, attempt: (options?.attempt ?? 0) + 1 });
     }
     if (ack.code !== 0) throw new ConnectError(ack.message, ack.code as Code);
     let r: TaskResult;
