@@ -334,8 +334,16 @@ export class RouterServer {
 
   /** True when one more task may be accepted. */
   get hasRoom(): boolean {
-    return this.#tasks.size + this.#admitting < this.#opts.maxTasks;
+    return this.#tasks.size + this.#admitting + this.#endedUnstored < this.#opts.maxTasks;
   }
+
+  /**
+   * Tasks that started before they were stored and ended before their create was settled:
+   * they still count against maxTasks, so that while StatusService stores nothing (an outage)
+   * admission stops at the limit instead of running ever more tasks whose ends pile up in
+   * the reporter.
+   */
+  #endedUnstored = 0;
 
   /** A SubmitStream request came with this many tasks (for metrics). */
   submitBatch(tasks: number): void {
@@ -735,6 +743,10 @@ export class RouterServer {
     const early = tell !== undefined && (req.freshId || !req.taskId);
     const creating = this.#reporter.create(task, first, early);
     run.accepted = creating;
+    const settled = () => {
+      run.createSettled = true;
+    };
+    creating.then(settled, settled);
     if (early) {
       // Started before it is stored: stored with its end when that comes soon enough.
       this.onResult(task.id, tell);
@@ -1103,6 +1115,15 @@ export class RouterServer {
     const stored = this.#reporter.sendDurable(this.#transition(run, undefined, from, to, { output, error }));
     this.#tasks.delete(run.task.id);
     this.#forgotten.delete(run.task.id);
+    if (run.accepted && !run.createSettled) {
+      // Its room is free once its create is settled (see hasRoom).
+      this.#endedUnstored++;
+      const freed = () => {
+        this.#endedUnstored--;
+        this.#wakeRoomWaiters();
+      };
+      run.accepted.then(freed, freed);
+    }
     // Until its end is stored, the record says the task runs: a claim must not resume it here.
     const id = run.task.id;
     this.#ending.add(id);

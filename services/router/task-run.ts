@@ -40,6 +40,8 @@ export interface TaskRun {
    * Undefined for a task taken over from another router.
    */
   accepted?: Promise<boolean>;
+  /** True once `accepted` settled. */
+  createSettled?: boolean;
   /** The task's bytes without payload and headers, shared by its assignments (assignment-encoding.ts); made at the first dispatch. */
   taskBase?: Uint8Array;
 }
