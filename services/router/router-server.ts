@@ -743,10 +743,6 @@ export class RouterServer {
     const early = tell !== undefined && (req.freshId || !req.taskId);
     const creating = this.#reporter.create(task, first, early);
     run.accepted = creating;
-    const settled = () => {
-      run.createSettled = true;
-    };
-    creating.then(settled, settled);
     if (early) {
       // Started before it is stored: stored with its end when that comes soon enough.
       this.onResult(task.id, tell);
@@ -770,6 +766,8 @@ export class RouterServer {
       return { taskId: task.id };
     }
     this.counters.accepted++;
+    // Accepted: from here on the task is like any other (see TaskRun.accepted).
+    run.accepted = undefined;
     if (!early) {
       if (tell) this.onResult(task.id, tell);
       this.#start(run, entries, first);
@@ -1115,8 +1113,8 @@ export class RouterServer {
     const stored = this.#reporter.sendDurable(this.#transition(run, undefined, from, to, { output, error }));
     this.#tasks.delete(run.task.id);
     this.#forgotten.delete(run.task.id);
-    if (run.accepted && !run.createSettled) {
-      // Its room is free once its create is settled (see hasRoom).
+    if (run.accepted) {
+      // Ended before its create was settled: its room is free once it is (see hasRoom).
       this.#endedUnstored++;
       const freed = () => {
         this.#endedUnstored--;
@@ -1154,8 +1152,8 @@ export class RouterServer {
         },
       );
     };
-    // A task started before it was stored counts, and its end is told, only once it is
-    // accepted (submit tells its client otherwise). A resumed task was accepted long ago.
+    // A task that ended before it was accepted counts, and its end is told, only once it is
+    // (submit tells its client otherwise).
     if (run.accepted) run.accepted.then((isNew) => isNew && told(), () => {});
     else told();
   }

@@ -35,13 +35,12 @@ export interface TaskRun {
   readonly joins: Set<string>;
   deadlineTimer: NodeJS.Timeout | undefined;
   /**
-   * For a task submitted here: resolves once its create is stored, true when the task is new
-   * (false: a task with its id existed); a task may start before (see RouterServer.submit).
-   * Undefined for a task taken over from another router.
+   * While a task submitted here is not accepted yet: resolves once its create is stored,
+   * true when the task is new (false: a task with its id existed); a task may start before
+   * (see RouterServer.submit). Undefined once it is accepted, and for a task taken over from
+   * another router.
    */
   accepted?: Promise<boolean>;
-  /** True once `accepted` settled. */
-  createSettled?: boolean;
   /** The task's bytes without payload and headers, shared by its assignments (assignment-encoding.ts); made at the first dispatch. */
   taskBase?: Uint8Array;
 }

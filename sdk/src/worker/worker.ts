@@ -142,9 +142,9 @@ interface Running {
   finish(to: State, error?: TaskError): void;
 }
 
-/** The stream from one router: batches what goes up, once per turn of the event loop. */
 let nextLinkId = 0;
 
+/** The stream from one router: batches what goes up, once per turn of the event loop. */
 class RouterLink {
   /** Tells this stream's attempts from another's (see keyOf). */
   readonly id = ++nextLinkId;
