@@ -82,6 +82,16 @@ function decodeOutput(bytes: Uint8Array): unknown {
 
 const TASK_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 
+/**
+ * A stage attempt that failed UNAVAILABLE was lost, not failed: its worker or its router
+ * went away, or the worker was draining. It runs again elsewhere, and does not count
+ * against the stage's retry policy.
+ */
+function lost(error: TaskError | undefined): error is TaskError {
+  return error?.code === UNAVAILABLE;
+}
+const UNAVAILABLE = codeName(Code.Unavailable);
+
 /** A task as the router drives it, before any stage starts. */
 function newRun(task: Task, pipeline: Pipeline, state: State): TaskRun {
   return {
@@ -948,7 +958,7 @@ export class RouterServer {
         break;
       case State.FAILED:
       case State.TIMED_OUT:
-        if (t.to === State.FAILED && t.error?.code === codeName(Code.Unavailable)) {
+        if (t.to === State.FAILED && lost(t.error)) {
           // The worker could not take it (draining): another worker runs it, and this does
           // not count against the stage's retry policy. The worker takes nothing more.
           link.leaving = true;
@@ -1315,13 +1325,14 @@ export class RouterServer {
       }));
       return;
     }
-    // What each stage that succeeded put out (its last SUCCEEDED), and how many times each failed.
+    // What each stage that succeeded put out (its last SUCCEEDED), and how many times each
+    // failed (a lost attempt does not count, as it does not when it happens: see lost()).
     const outputs = new Map<string, { output: Uint8Array; port: string }>();
     const failures = new Map<string, number>();
     for (const h of state.history) {
       if (!h.stage) continue;
       if (h.to === State.SUCCEEDED) outputs.set(h.stage, { output: h.output, port: h.port });
-      if ((h.to === State.FAILED || h.to === State.TIMED_OUT) && !h.error?.message.includes("was lost")) {
+      if ((h.to === State.FAILED && !lost(h.error)) || h.to === State.TIMED_OUT) {
         failures.set(h.stage, (failures.get(h.stage) ?? 0) + 1);
       }
     }
@@ -1372,10 +1383,18 @@ export class RouterServer {
           this.#enqueue(run, sr);
           break;
         case State.FAILED:
-        case State.TIMED_OUT:
+        case State.TIMED_OUT: {
+          const error = sr.lastError ?? create(TaskErrorSchema, { code: "UNKNOWN", message: "failed" });
+          if (sr.state === State.FAILED && lost(error)) {
+            // A lost attempt, stored by a router that died before it stored the retry: run
+            // it again, not counted against the stage's retry policy.
+            this.#redeliver(run, sr, error);
+            break;
+          }
           sr.failures = Math.max(0, sr.failures - 1);
-          this.#attemptFailed(run, sr, sr.lastError ?? create(TaskErrorSchema, { code: "UNKNOWN", message: "failed" }));
+          this.#attemptFailed(run, sr, error);
           break;
+        }
         case State.DISPATCHED:
         case State.RUNNING: {
           // Its worker ran it for the router that is gone, which cut the stream: run it again.
