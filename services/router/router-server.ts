@@ -15,8 +15,6 @@ import {
   DSAT_VERSION,
   defaultEtcdEndpoints,
   dsatError,
-  effectiveEdges,
-  entryStages,
   isCompatible,
   isTaskTerminal,
   Keys,
@@ -1336,10 +1334,10 @@ export class RouterServer {
         failures.set(h.stage, (failures.get(h.stage) ?? 0) + 1);
       }
     }
-    const entries = new Set(entryStages(pipeline));
+    const graph = graphOf(pipeline);
     const inputOf = (name: string): Uint8Array => {
-      if (entries.has(name)) return task.payload;
-      for (const e of effectiveEdges(pipeline)) {
+      if (graph.entries.includes(name)) return task.payload;
+      for (const e of graph.edges) {
         const o = outputs.get(e.from);
         if (e.to === name && o && o.port === e.port) return o.output;
       }
