@@ -50,6 +50,42 @@ export class Keys {
     return `${this.prefix}tasks/${id}`;
   }
 
+  /**
+   * The index of unfinished tasks: open/<router id, URI-encoded>/<task id>, an empty value
+   * beside each task record that has not ended, under the router that drives it. Written by
+   * StatusService in the transaction that writes the record, so that ClaimTasks reads a dead
+   * router's tasks without reading every record.
+   */
+  openTasks(): string {
+    return `${this.prefix}open/`;
+  }
+
+  openTasksOf(routerId: string): string {
+    return `${this.prefix}open/${encodeURIComponent(routerId)}/`;
+  }
+
+  openTask(routerId: string, taskId: string): string {
+    return `${this.prefix}open/${encodeURIComponent(routerId)}/${taskId}`;
+  }
+
+  /** The router and task of an index key (openTask), or undefined for another key. */
+  parseOpenTask(key: string): { routerId: string; taskId: string } | undefined {
+    const base = this.openTasks();
+    if (!key.startsWith(base)) return undefined;
+    const slash = key.indexOf("/", base.length);
+    if (slash < 0) return undefined;
+    try {
+      return { routerId: decodeURIComponent(key.slice(base.length, slash)), taskId: key.slice(slash + 1) };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Marks the index of unfinished tasks complete (meta/open-index): see services/status/open-index.ts. */
+  openIndexMarker(): string {
+    return `${this.prefix}meta/open-index`;
+  }
+
   /** Cancel requests: cancels/<task id>, written by any router, acted on by the owner. */
   cancels(): string {
     return `${this.prefix}cancels/`;

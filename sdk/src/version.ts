@@ -7,7 +7,7 @@
  */
 
 /** The version of the dsat protocol this SDK speaks, announced by every member. */
-export const DSAT_VERSION = "0.1.1";
+export const DSAT_VERSION = "0.1.2";
 
 /** A parsed version. */
 export interface Version {

@@ -26,6 +26,8 @@ import {
 } from "@dsat/sdk";
 import * as grpc from "@grpc/grpc-js";
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, SortOrder, SortTarget, type Watcher } from "etcd3";
+import { keyAfter, prefixEnd } from "../common/etcd-ranges.ts";
+import type { OpenIndex } from "./open-index.ts";
 import { decodeReportRequest } from "./report-decoding.ts";
 import { decodeStoredState } from "./state-encoding.ts";
 import type { TaskStore } from "./task-store.ts";
@@ -39,6 +41,10 @@ const DEFAULT_PAGE_SIZE = 100;
 const MAX_PAGE_SIZE = 1000;
 /** List: keys read per call, at most, so that a rare filter cannot make one call scan everything. */
 const MAX_SCAN_KEYS = 5000;
+/** ClaimTasks: a page token of the index of unfinished tasks (see #openTasks), not a task key. */
+const INDEX_TOKEN = /^[obc]:/;
+/** ClaimTasks: index entries (keys only) read per etcd range. */
+const OPEN_SCAN_CHUNK_KEYS = 1000;
 /** List: keys read per etcd range. */
 const SCAN_CHUNK_KEYS = 64;
 /** ApplyPipeline: attempts when another writer applies the same pipeline at the same time. */
@@ -58,12 +64,14 @@ export class StatusHandlers {
   readonly #keys: Keys;
   readonly #log: Logger;
   readonly #topology: Topology;
+  readonly #index: OpenIndex;
   /** Ends each open Watch, with an error. */
   readonly #watches = new Set<(err: ConnectError) => void>();
 
-  constructor(etcd: Etcd3, store: TaskStore, keys: Keys, logger: Logger) {
+  constructor(etcd: Etcd3, store: TaskStore, keys: Keys, logger: Logger, index: OpenIndex) {
     this.#etcd = etcd;
     this.#store = store;
+    this.#index = index;
     this.#keys = keys;
     this.#log = logger;
     this.#topology = new Topology(etcd, keys);
@@ -85,9 +93,10 @@ export class StatusHandlers {
   }
 
   /**
-   * ClaimTasks: looks through the tasks (bounded work per call, like List) for unfinished
-   * ones of the router named (or of any router not registered now), and moves them to the
-   * caller through the task store, fenced per task.
+   * ClaimTasks: finds the unfinished tasks of the router named (or of any router not
+   * registered now), and moves them to the caller through the task store, fenced per task.
+   * They are found in the index of unfinished tasks (open-index.ts) while it is complete,
+   * else by looking through every task record; either way with bounded work per call.
    */
   async #claim(req: ClaimTasksRequest): Promise<MessageInitShape<typeof ClaimTasksResponseSchema>> {
     const to = req.toRouterId;
@@ -100,11 +109,17 @@ export class StatusHandlers {
       const keys = await this.#etcd.getAll().prefix(routers).keys();
       live = new Set(keys.map((k) => k.slice(routers.length)));
     }
-    const { matches, nextPageToken: next } = await this.#scanTasks(req.pageToken, "ClaimTasks", pageSize, (s) => {
-      const owner = s.routerId;
-      const orphan = req.fromRouterId ? owner === req.fromRouterId : owner !== to && !live?.has(owner);
-      return (orphan || (req.includeOwn && owner === to)) && !isTaskTerminal(s.state) && s.task !== undefined;
-    });
+    const orphan = (owner: string) => (req.fromRouterId ? owner === req.fromRouterId : owner !== to && !live?.has(owner));
+    const indexToken = INDEX_TOKEN.test(req.pageToken);
+    // A claim that began with a full scan goes on with it; one that began on the index while
+    // it was complete starts again from the first record if it is not any more.
+    const { matches, nextPageToken: next } =
+      this.#index.usable && (indexToken || !req.pageToken)
+        ? await this.#openTasks(req, pageSize, orphan)
+        : await this.#scanTasks(indexToken ? "" : req.pageToken, "ClaimTasks", pageSize, (s) => {
+            const owner = s.routerId;
+            return (orphan(owner) || (req.includeOwn && owner === to)) && !isTaskTerminal(s.state) && s.task !== undefined;
+          });
     // The caller's own tasks (include_own) are not claimed: they are its already.
     const own = matches.filter((s) => s.routerId === to);
     const candidates = matches.filter((s) => s.routerId !== to).map((s) => ({ taskId: s.task?.id ?? "", from: s.routerId }));
@@ -253,6 +268,113 @@ export class StatusHandlers {
     );
     for (const s of matches) s.history = [];
     return { tasks: matches, nextPageToken };
+  }
+
+  /**
+   * ClaimTasks from the index of unfinished tasks. With include_own, first the caller's own
+   * entries (from the first of them, whatever the token: tasks that a claim whose answer was
+   * lost moved there are among them), then the entries of the routers claimed from, in key
+   * order from after the token. At most pageSize tasks and MAX_SCAN_KEYS entries per call.
+   * The records are the truth: an entry whose record has ended, moved or gone (an older
+   * status server wrote it) is not a match, and is deleted, fenced on the record.
+   */
+  async #openTasks(
+    req: ClaimTasksRequest,
+    pageSize: number,
+    orphan: (owner: string) => boolean,
+  ): Promise<{ matches: TaskState[]; nextPageToken: string }> {
+    const to = req.toRouterId;
+    const ranges = {
+      own: this.#keys.openTasksOf(to),
+      claim: req.fromRouterId ? this.#keys.openTasksOf(req.fromRouterId) : this.#keys.openTasks(),
+    };
+    // A token is where the last call stopped and the key it read last ("" for none): "o:" in
+    // the own entries, "b:" in the others' after the own ones, "c:" in the others' without
+    // them. Own entries are read from the first unless the token is in them; the others'
+    // from the first after own ones.
+    const tag = req.pageToken.slice(0, 2);
+    let phase: "own" | "claim";
+    let resume: boolean;
+    if (req.includeOwn) {
+      phase = tag === "b:" ? "claim" : "own";
+      resume = tag === "b:" || tag === "o:";
+    } else {
+      phase = "claim";
+      resume = tag === "b:" || tag === "c:";
+    }
+    let after: Buffer | undefined;
+    if (resume && req.pageToken.length > 2) {
+      after = Buffer.from(req.pageToken.slice(2), "base64url");
+      if (!after.toString().startsWith(ranges[phase]) || after.length <= ranges[phase].length) {
+        throw dsatError(Code.InvalidArgument, "page_token is not one that ClaimTasks returned for these routers");
+      }
+    }
+    const tokenAt = (key: Buffer | undefined) => `${phase === "own" ? "o" : req.includeOwn ? "b" : "c"}:${key?.toString("base64url") ?? ""}`;
+    const entries: { owner: string; taskId: string; key: Buffer; phase: "own" | "claim" }[] = [];
+    let scanned = 0;
+    let next = "";
+    scan: for (;;) {
+      if (scanned >= MAX_SCAN_KEYS) {
+        next = tokenAt(after);
+        break;
+      }
+      const prefix = Buffer.from(ranges[phase]);
+      const res = await this.#etcd.kv.range({
+        key: after ? keyAfter(after) : prefix,
+        range_end: prefixEnd(prefix),
+        limit: Math.min(OPEN_SCAN_CHUNK_KEYS, MAX_SCAN_KEYS - scanned),
+        keys_only: true,
+      });
+      for (const [i, kv] of res.kvs.entries()) {
+        scanned++;
+        const entry = this.#keys.parseOpenTask(kv.key.toString());
+        if (!entry) continue;
+        if (phase === "own" ? entry.routerId === to : orphan(entry.routerId)) entries.push({ owner: entry.routerId, taskId: entry.taskId, key: kv.key, phase });
+        if (entries.length === pageSize) {
+          const more = i < res.kvs.length - 1 || res.more || phase === "own";
+          next = more ? tokenAt(kv.key) : "";
+          break scan;
+        }
+      }
+      const last = res.kvs[res.kvs.length - 1];
+      if (res.more && last) {
+        after = last.key;
+        continue;
+      }
+      if (phase === "claim") break;
+      phase = "claim";
+      after = undefined;
+    }
+
+    const matches: TaskState[] = [];
+    for (let i = 0; i < entries.length; i += SCAN_CHUNK_KEYS) {
+      const chunk = entries.slice(i, i + SCAN_CHUNK_KEYS);
+      const res = await this.#etcd.kv.txn({
+        success: chunk.map((e) => ({ request_range: { key: Buffer.from(this.#keys.task(e.taskId)) } })),
+      });
+      const stale: ICompare[] = [];
+      const deletes: { request_delete_range: { key: Buffer } }[] = [];
+      chunk.forEach((e, j) => {
+        const kv = res.responses[j]?.response_range.kvs[0];
+        const s = kv ? decodeStoredState(kv.value) : undefined;
+        if (s?.task && !isTaskTerminal(s.state) && s.routerId === e.owner) {
+          if (e.phase === "own" ? s.routerId === to : orphan(s.routerId)) matches.push(s);
+          return;
+        }
+        stale.push({
+          key: Buffer.from(this.#keys.task(e.taskId)),
+          target: CompareTarget.Mod,
+          result: CompareResult.Equal,
+          mod_revision: kv?.mod_revision ?? "0",
+        });
+        deletes.push({ request_delete_range: { key: e.key } });
+      });
+      for (const [j, compare] of stale.entries()) {
+        await this.#etcd.kv.txn({ compare: [compare], success: [deletes[j] as (typeof deletes)[number]], failure: [] });
+      }
+      if (stale.length > 0) this.#log.info("deleted entries of the index of unfinished tasks whose task had ended or moved", { entries: stale.length });
+    }
+    return { matches, nextPageToken: next };
   }
 
   /**
@@ -429,23 +551,6 @@ function endsTask(t: Transition): boolean {
 
 function nextRevision(revision: string): string {
   return (BigInt(revision) + 1n).toString();
-}
-
-/** The end of the range of every key that starts with `prefix`. */
-function prefixEnd(prefix: Buffer): Buffer {
-  const end = Buffer.from(prefix);
-  for (let i = end.length - 1; i >= 0; i--) {
-    if ((end[i] as number) < 0xff) {
-      end[i] = (end[i] as number) + 1;
-      return end.subarray(0, i + 1);
-    }
-  }
-  return Buffer.from([0]);
-}
-
-/** The smallest key after `key`. */
-function keyAfter(key: Buffer): Buffer {
-  return Buffer.concat([key, Buffer.from([0])]);
 }
 
 function pageToken(key: Buffer): string {

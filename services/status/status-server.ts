@@ -27,6 +27,7 @@ import { withDeadline } from "../common/deadline.ts";
 import type { EmbeddedStatus } from "../common/embedded-status.ts";
 import { DEFAULT_ETCD_SPACE_OPTIONS, EtcdSpaceWatch } from "./etcd-space.ts";
 import { PipelineHandlers, StatusHandlers } from "./handlers.ts";
+import { OpenIndex } from "./open-index.ts";
 import { resolveStatusOptions, type StatusOptions } from "./options.ts";
 import { COMPACT_HISTORY_SINCE, readsCompact, writeCompact } from "./state-encoding.ts";
 import { TaskStore } from "./task-store.ts";
@@ -42,6 +43,7 @@ interface StatusParts {
   readonly opts: StatusOptions;
   readonly etcd: Etcd3;
   readonly store: TaskStore;
+  readonly index: OpenIndex;
   readonly status: StatusHandlers;
   readonly pipelines: PipelineHandlers;
   readonly log: Logger;
@@ -68,6 +70,7 @@ export class StatusServer {
   readonly #ownsGrpc: boolean;
   readonly #registration: Registration;
   readonly #store: TaskStore;
+  readonly #index: OpenIndex;
   readonly #status: StatusHandlers;
   readonly #space: EtcdSpaceWatch;
   readonly #peers: MemberWatcher;
@@ -92,6 +95,7 @@ export class StatusServer {
     this.#ownsGrpc = init.ownsGrpc;
     this.#registration = init.registration;
     this.#store = init.parts.store;
+    this.#index = init.parts.index;
     this.#space = init.space;
     this.#status = init.parts.status;
     this.#peers = init.peers;
@@ -101,6 +105,16 @@ export class StatusServer {
   /** Whether this server writes compact task states now (see state-encoding.ts). */
   get compactHistory(): boolean {
     return this.#store.compactHistory;
+  }
+
+  /** Whether ClaimTasks reads the index of unfinished tasks now (see open-index.ts). */
+  get openIndexUsable(): boolean {
+    return this.#index.usable;
+  }
+
+  /** Waits for a build of the index of unfinished tasks that is under way. */
+  openIndexSettled(): Promise<void> {
+    return this.#index.settled();
   }
 
   /**
@@ -149,7 +163,7 @@ export class StatusServer {
 
   /** Registers a status server that listens now, and reports its services SERVING. */
   static async #serve(parts: StatusParts, ownsEtcd: boolean, grpcServer: RunningGrpcServer, ownsGrpc: boolean) {
-    const { opts, etcd, store, log } = parts;
+    const { opts, etcd, log } = parts;
     const member = create(MemberSchema, {
       id: opts.id,
       kind: MemberKind.STATUS,
@@ -166,7 +180,7 @@ export class StatusServer {
     });
     let peers: MemberWatcher;
     try {
-      peers = await watchStatusPeers(etcd, new Keys(opts.prefix), store, log);
+      peers = await watchStatusPeers(etcd, new Keys(opts.prefix), parts, log);
     } catch (err) {
       await registration.close().catch(() => {});
       throw err;
@@ -200,6 +214,8 @@ export class StatusServer {
     this.#status.close();
     this.#space.close();
     await this.#peers.close();
+    this.#index.close();
+    await this.#index.settled();
     if (this.#ownsGrpc) await this.#grpc.close(CLOSE_GRACE_MS);
     await this.#store.close();
     if (this.#ownsEtcd) this.#etcd.close();
@@ -210,11 +226,13 @@ function statusParts(opts: StatusOptions, etcd: Etcd3): StatusParts {
   const log = createLogger({ service: "status", id: opts.id });
   const keys = new Keys(opts.prefix);
   const store = new TaskStore(etcd, opts, log);
+  const index = new OpenIndex(etcd, keys, log, opts);
   return {
     opts,
     etcd,
     store,
-    status: new StatusHandlers(etcd, store, keys, log),
+    index,
+    status: new StatusHandlers(etcd, store, keys, log, index),
     pipelines: new PipelineHandlers(etcd, keys, log),
     log,
   };
@@ -234,14 +252,18 @@ function setHealth(server: RunningGrpcServer, owns: boolean, status: ServingStat
 /**
  * Watches the status servers registered in etcd and keeps `store.compactHistory` true
  * while every one of them reads compact task states: during a rolling upgrade from an
- * older dsat the new servers write whole ones until the last old server has left.
+ * older dsat the new servers write whole ones until the last old server has left. Tells
+ * the index of unfinished tasks the same versions: it is used only while every server
+ * keeps it (open-index.ts).
  */
-async function watchStatusPeers(etcd: Etcd3, keys: Keys, store: TaskStore, log: Logger): Promise<MemberWatcher> {
+async function watchStatusPeers(etcd: Etcd3, keys: Keys, parts: StatusParts, log: Logger): Promise<MemberWatcher> {
+  const { store, index } = parts;
   const peers = new MemberWatcher(etcd, keys.membersOf("status"));
   let pending = false;
   const decide = () => {
     pending = false;
     const members = [...peers.members.values()];
+    void index.peers(members.map((m) => m.version));
     const compact = writeCompact(store.compactHistory, members.map((m) => m.version));
     if (compact === store.compactHistory) return;
     store.compactHistory = compact;

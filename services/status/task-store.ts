@@ -20,6 +20,7 @@ import {
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IKeyValue, type IRequestOp } from "etcd3";
 import { laneOf } from "../common/lanes.ts";
 import { type Counter, type Histogram, SECONDS_BUCKETS, SIZE_BUCKETS } from "../common/metrics.ts";
+import { openIndexOps } from "./open-index.ts";
 import { RetentionLeases } from "./retention.ts";
 import { applyClaim, applyCreate, applyTransition, type Outcome } from "./apply-transition.ts";
 import { decodeStoredState, encodeTaskState, type EncodedParts, workingCopy } from "./state-encoding.ts";
@@ -407,7 +408,10 @@ export class TaskStore {
     g.ended = state !== undefined && isTaskTerminal(state.state);
     g.value = undefined;
     g.parts = undefined;
+    g.index = NO_INDEX_OPS;
     if (g.write && state) {
+      // The index of unfinished tasks follows the record, in the same fenced transaction.
+      g.index = openIndexOps(this.#keys, g.taskId, g.base?.state, state);
       // Only what changed is encoded: the task (with its payload) and the stored history
       // reuse the bytes of the previous put.
       const encoded = encodeTaskState(state, g.base?.parts, this.compactHistory);
@@ -416,13 +420,17 @@ export class TaskStore {
     }
   }
 
-  /** Splits groups into transactions of at most maxTxnOps keys and maxTxnBytes of values. */
+  /**
+   * Splits groups into transactions of at most maxTxnOps operations (a record's put and its
+   * index entries) and maxTxnBytes of keys and values.
+   */
   #chunk(groups: TaskGroup[]): TaskGroup[][] {
     return splitBySize(
       groups,
-      (g) => g.key.length + (g.value?.length ?? 0),
+      (g) => g.key.length * (1 + g.index.length) + (g.value?.length ?? 0),
       this.#opts.maxTxnBytes,
       this.#opts.maxTxnOps,
+      (g) => 1 + g.index.length,
     );
   }
 
@@ -444,6 +452,7 @@ export class TaskStore {
     for (const g of chunk) {
       if (!g.value) continue;
       success.push({ request_put: g.ended && lease ? { key: g.keyBytes, value: g.value, lease } : { key: g.keyBytes, value: g.value } });
+      for (const op of g.index) success.push(op);
     }
     let res: Awaited<ReturnType<Etcd3["kv"]["txn"]>>;
     let current: (IKeyValue | undefined)[] = [];
@@ -616,6 +625,8 @@ interface TaskGroup {
   outcomes: Outcome[];
   /** The state changed: put it. */
   write: boolean;
+  /** The index operations that go with the put (open-index.ts). */
+  index: IRequestOp[];
   /** An answer depends on the base state being the newest: compare it. */
   guard: boolean;
   /** The task has ended as a whole: its record is put under the retention lease. */
@@ -637,6 +648,7 @@ function newGroup(taskId: string, key: string): TaskGroup {
     next: undefined,
     outcomes: [],
     write: false,
+    index: NO_INDEX_OPS,
     guard: false,
     ended: false,
     value: undefined,
@@ -644,6 +656,8 @@ function newGroup(taskId: string, key: string): TaskGroup {
     conflicts: 0,
   };
 }
+
+const NO_INDEX_OPS: IRequestOp[] = [];
 
 /** A least-recently-used map of task states, bounded in entries. */
 class StateCache {

@@ -1,0 +1,219 @@
+// The index of unfinished tasks: open/<router>/<task id>, an empty key beside each task record
+// that has not ended, under the router that drives it (docs/etcd-keys.md). ClaimTasks reads a
+// dead router's tasks from it, instead of reading every record that the retention keeps.
+import { compareVersions, isTaskTerminal, type Keys, type Logger, type TaskState, toDsatError } from "@dsat/sdk";
+import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IRequestOp } from "etcd3";
+import { keyAfter, prefixEnd } from "../common/etcd-ranges.ts";
+import type { MetricsRegistry } from "../common/metrics.ts";
+import { decodeStoredState } from "./state-encoding.ts";
+
+/** The first dsat version whose status servers keep the index of unfinished tasks. */
+export const OPEN_INDEX_SINCE = "0.1.2";
+
+/** Whether a status server of this version keeps the index (an invalid version: no). */
+export function keepsOpenIndex(version: string): boolean {
+  try {
+    return compareVersions(version, OPEN_INDEX_SINCE) >= 0;
+  } catch {
+    return false;
+  }
+}
+
+/** The router that drives a task whose record is `state`, or undefined when the task has ended (or has no record). */
+export function openOwner(state: TaskState | undefined): string | undefined {
+  return state && !isTaskTerminal(state.state) ? state.routerId : undefined;
+}
+
+/**
+ * The index operations that go with a write of a task's record from `before` to `after`
+ * (in the same transaction, fenced by the record's compare): none while the task stays
+ * unfinished under the same router; the old router's entry deleted when it ends or moves;
+ * the new router's entry put when it is created or moves.
+ */
+export function openIndexOps(keys: Keys, taskId: string, before: TaskState | undefined, after: TaskState | undefined): IRequestOp[] {
+  const from = openOwner(before);
+  const to = openOwner(after);
+  if (from === to) return NO_OPS;
+  const ops: IRequestOp[] = [];
+  if (from !== undefined) ops.push({ request_delete_range: { key: Buffer.from(keys.openTask(from, taskId)) } });
+  if (to !== undefined) ops.push({ request_put: { key: Buffer.from(keys.openTask(to, taskId)), value: EMPTY } });
+  return ops;
+}
+
+const NO_OPS: IRequestOp[] = [];
+const EMPTY = Buffer.alloc(0);
+
+
+/**
+ * Whether ClaimTasks may trust the index, and what makes it so. Every status server of
+ * 0.1.2 or later keeps the index on every write; older ones do not, and records written
+ * before the upgrade have no entry. So the index is used only while every registered status
+ * server keeps it and the index is complete: a status server that finds it incomplete
+ * (no meta/open-index marker) once every peer keeps it indexes every unfinished record
+ * (each entry fenced on its record's revision) and then writes the marker. A status server
+ * that sees an older peer deletes the marker, and ClaimTasks reads every record until the
+ * index is complete again.
+ */
+export class OpenIndex {
+  readonly #etcd: Etcd3;
+  readonly #keys: Keys;
+  readonly #log: Logger;
+  /** Every status server registered keeps the index (as last seen). */
+  #peersKeep = false;
+  /** The index is complete: the marker was read, or this server wrote it. */
+  #complete = false;
+  /** Bumped whenever an older peer is seen: a build that started before does not write the marker. */
+  #generation = 0;
+  #building: Promise<void> | undefined;
+  #closed = false;
+
+  /** Records read per etcd range, and entries put per transaction, while the index is built. */
+  readonly #chunk: number;
+
+  constructor(etcd: Etcd3, keys: Keys, log: Logger, options: { maxTxnOps: number; metrics?: MetricsRegistry | undefined }) {
+    this.#etcd = etcd;
+    this.#keys = keys;
+    this.#log = log;
+    this.#chunk = Math.max(1, options.maxTxnOps);
+    options.metrics?.gauge(
+      "dsat_status_open_index_usable",
+      "1 while ClaimTasks reads the index of unfinished tasks; 0 while it reads every task record (an older status server is registered, or the index is being built).",
+      [],
+      () => [[[], this.usable ? 1 : 0]],
+    );
+  }
+
+  /** Whether ClaimTasks reads the index (else every task record). */
+  get usable(): boolean {
+    return this.#peersKeep && this.#complete;
+  }
+
+  /** What the status servers registered now announce (no server at all tells nothing). */
+  async peers(versions: readonly string[]): Promise<void> {
+    if (versions.length === 0 || this.#closed) return;
+    const keep = versions.every(keepsOpenIndex);
+    const was = this.usable;
+    this.#peersKeep = keep;
+    if (!keep) {
+      this.#generation++;
+      this.#complete = false;
+      this.#set(was);
+      // Its writes will not keep the index: once it has left, the index is built again.
+      await this.#etcd.delete().key(this.#keys.openIndexMarker()).catch((err: unknown) => {
+        this.#log.warn("could not mark the index of unfinished tasks incomplete", { error: toDsatError(err).message });
+      });
+      return;
+    }
+    if (!this.#complete) await this.#ensure();
+    this.#set(was);
+  }
+
+  /** Waits for a build of the index that is under way (tests, close). */
+  async settled(): Promise<void> {
+    await this.#building;
+  }
+
+  close(): void {
+    this.#closed = true;
+  }
+
+  #set(was: boolean): void {
+    const now = this.usable;
+    if (now !== was) {
+      this.#log.info(now ? "ClaimTasks reads the index of unfinished tasks" : "ClaimTasks reads every task record: the index of unfinished tasks is incomplete");
+    }
+  }
+
+  /** Reads the marker; builds the index when there is none (one build at a time). */
+  async #ensure(): Promise<void> {
+    const generation = this.#generation;
+    try {
+      const marked = await this.#etcd.get(this.#keys.openIndexMarker()).exists();
+      // An older peer seen meanwhile: the marker read may be one it has deleted since.
+      if (generation !== this.#generation) return;
+      if (marked) {
+        this.#complete = true;
+        return;
+      }
+    } catch (err) {
+      this.#log.warn("could not read the marker of the index of unfinished tasks", { error: toDsatError(err).message });
+      return;
+    }
+    this.#building ??= this.#build().finally(() => {
+      this.#building = undefined;
+    });
+  }
+
+  async #build(): Promise<void> {
+    const generation = this.#generation;
+    const started = performance.now();
+    this.#log.info("indexing the unfinished tasks of the records that older status servers wrote");
+    let read = 0;
+    let indexed = 0;
+    try {
+      const prefix = Buffer.from(this.#keys.tasks());
+      const end = prefixEnd(prefix);
+      let from: Buffer = prefix;
+      for (;;) {
+        if (this.#closed || generation !== this.#generation) return;
+        const res = await this.#etcd.kv.range({ key: from, range_end: end, limit: this.#chunk });
+        read += res.kvs.length;
+        const open = res.kvs.flatMap((kv) => {
+          const state = decodeStoredState(kv.value);
+          const owner = openOwner(state);
+          return owner === undefined || !state.task ? [] : [{ kv, key: Buffer.from(this.#keys.openTask(owner, state.task.id)) }];
+        });
+        indexed += await this.#put(open);
+        const last = res.kvs[res.kvs.length - 1];
+        if (!res.more || !last) break;
+        from = keyAfter(last.key);
+      }
+      if (this.#closed || generation !== this.#generation) return;
+      await this.#etcd.put(this.#keys.openIndexMarker()).value(JSON.stringify({ complete: true, at: new Date().toISOString() }));
+      if (generation !== this.#generation) {
+        // An older peer came while the marker was written: it goes, whichever came first.
+        await this.#etcd.delete().key(this.#keys.openIndexMarker());
+        return;
+      }
+      const was = this.usable;
+      this.#complete = true;
+      this.#log.info("the index of unfinished tasks is complete", {
+        records: read,
+        unfinished: indexed,
+        ms: Math.round(performance.now() - started),
+      });
+      this.#set(was);
+    } catch (err) {
+      // The next change of the status servers (or the next start) tries again; until then,
+      // ClaimTasks reads every record.
+      this.#log.warn("indexing the unfinished tasks failed", { error: toDsatError(err).message, records: read });
+    }
+  }
+
+  /**
+   * Puts the index entries of these records, each only if its record is still as read (a
+   * record written since then was indexed by its writer). Returns how many were put.
+   */
+  async #put(entries: { kv: { key: Buffer; mod_revision: string }; key: Buffer }[]): Promise<number> {
+    if (entries.length === 0) return 0;
+    const guard = (e: (typeof entries)[number]): ICompare => ({
+      key: e.kv.key,
+      target: CompareTarget.Mod,
+      result: CompareResult.Equal,
+      mod_revision: e.kv.mod_revision,
+    });
+    const all = await this.#etcd.kv.txn({
+      compare: entries.map(guard),
+      success: entries.map((e) => ({ request_put: { key: e.key, value: EMPTY } })),
+      failure: [],
+    });
+    if (all.succeeded) return entries.length;
+    // One of them changed: one at a time.
+    let n = 0;
+    for (const e of entries) {
+      const one = await this.#etcd.kv.txn({ compare: [guard(e)], success: [{ request_put: { key: e.key, value: EMPTY } }], failure: [] });
+      if (one.succeeded) n++;
+    }
+    return n;
+  }
+}
