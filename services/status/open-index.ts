@@ -41,6 +41,8 @@ export function openIndexOps(keys: Keys, taskId: string, before: TaskState | und
 }
 
 const NO_OPS: IRequestOp[] = [];
+/** After a failed build of the index, the next one, in milliseconds. */
+const RETRY_MS = 5_000;
 const EMPTY = Buffer.alloc(0);
 
 
@@ -65,6 +67,8 @@ export class OpenIndex {
   /** Bumped whenever an older peer is seen: a build that started before does not write the marker. */
   #generation = 0;
   #building: Promise<void> | undefined;
+  /** A build tried again after one that failed (etcd unavailable, say). */
+  #retry: NodeJS.Timeout | undefined;
   #closed = false;
 
   /** Records read per etcd range, and entries put per transaction, while the index is built. */
@@ -115,6 +119,17 @@ export class OpenIndex {
 
   close(): void {
     this.#closed = true;
+    clearTimeout(this.#retry);
+  }
+
+  /** Tries again later, while the index is still wanted and incomplete. */
+  #later(): void {
+    if (this.#closed || this.#retry) return;
+    this.#retry = setTimeout(() => {
+      this.#retry = undefined;
+      if (!this.#closed && this.#peersKeep && !this.#complete) void this.#ensure();
+    }, RETRY_MS);
+    this.#retry.unref();
   }
 
   #set(was: boolean): void {
@@ -136,7 +151,8 @@ export class OpenIndex {
         return;
       }
     } catch (err) {
-      this.#log.warn("could not read the marker of the index of unfinished tasks", { error: toDsatError(err).message });
+      this.#log.warn("could not read the marker of the index of unfinished tasks; trying again", { error: toDsatError(err).message });
+      this.#later();
       return;
     }
     this.#building ??= this.#build().finally(() => {
@@ -184,9 +200,9 @@ export class OpenIndex {
       });
       this.#set(was);
     } catch (err) {
-      // The next change of the status servers (or the next start) tries again; until then,
-      // ClaimTasks reads every record.
-      this.#log.warn("indexing the unfinished tasks failed", { error: toDsatError(err).message, records: read });
+      // Until a build succeeds, ClaimTasks reads every record.
+      this.#log.warn("indexing the unfinished tasks failed; trying again", { error: toDsatError(err).message, records: read });
+      this.#later();
     }
   }
 
