@@ -30,21 +30,26 @@ export function openOwner(state: TaskState | undefined): string | undefined {
  * unfinished under the same router; the old router's entry deleted when it ends or moves;
  * the new router's entry put when it is created or moves.
  */
-export function openIndexOps(keys: Keys, taskId: string, before: TaskState | undefined, after: TaskState | undefined): IRequestOp[] {
+export function openIndexOps(
+  keys: Keys,
+  taskId: string,
+  before: TaskState | undefined,
+  after: TaskState | undefined,
+): readonly IRequestOp[] {
   const from = openOwner(before);
   const to = openOwner(after);
-  if (from === to) return NO_OPS;
+  if (from === to) return NO_INDEX_OPS;
   const ops: IRequestOp[] = [];
   if (from !== undefined) ops.push({ request_delete_range: { key: Buffer.from(keys.openTask(from, taskId)) } });
   if (to !== undefined) ops.push({ request_put: { key: Buffer.from(keys.openTask(to, taskId)), value: EMPTY } });
   return ops;
 }
 
-const NO_OPS: IRequestOp[] = [];
+/** No index operations (shared: never changed). */
+export const NO_INDEX_OPS: readonly IRequestOp[] = [];
 /** After a failed build of the index, the next one, in milliseconds. */
 const RETRY_MS = 5_000;
 const EMPTY = Buffer.alloc(0);
-
 
 /**
  * Whether ClaimTasks may trust the index, and what makes it so. Every status server of
@@ -163,7 +168,7 @@ export class OpenIndex {
   async #build(): Promise<void> {
     const generation = this.#generation;
     const started = performance.now();
-    this.#log.info("indexing the unfinished tasks of the records that older status servers wrote");
+    this.#log.info("building the index of unfinished tasks: every record is read once (no meta/open-index marker)");
     let read = 0;
     let indexed = 0;
     try {

@@ -20,7 +20,7 @@ import {
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IKeyValue, type IRequestOp } from "etcd3";
 import { laneOf } from "../common/lanes.ts";
 import { type Counter, type Histogram, SECONDS_BUCKETS, SIZE_BUCKETS } from "../common/metrics.ts";
-import { openIndexOps } from "./open-index.ts";
+import { NO_INDEX_OPS, openIndexOps } from "./open-index.ts";
 import { RetentionLeases } from "./retention.ts";
 import { applyClaim, applyCreate, applyTransition, type Outcome } from "./apply-transition.ts";
 import { decodeStoredState, encodeTaskState, type EncodedParts, workingCopy } from "./state-encoding.ts";
@@ -626,7 +626,7 @@ interface TaskGroup {
   /** The state changed: put it. */
   write: boolean;
   /** The index operations that go with the put (open-index.ts). */
-  index: IRequestOp[];
+  index: readonly IRequestOp[];
   /** An answer depends on the base state being the newest: compare it. */
   guard: boolean;
   /** The task has ended as a whole: its record is put under the retention lease. */
@@ -656,8 +656,6 @@ function newGroup(taskId: string, key: string): TaskGroup {
     conflicts: 0,
   };
 }
-
-const NO_INDEX_OPS: IRequestOp[] = [];
 
 /** A least-recently-used map of task states, bounded in entries. */
 class StateCache {
