@@ -310,7 +310,7 @@ export class StatusHandlers {
       }
     }
     const tokenAt = (key: Buffer | undefined) => `${phase === "own" ? "o" : req.includeOwn ? "b" : "c"}:${key?.toString("base64url") ?? ""}`;
-    const entries: { owner: string; taskId: string; key: Buffer; phase: "own" | "claim" }[] = [];
+    const entries: { owner: string; taskId: string; key: Buffer }[] = [];
     let scanned = 0;
     let next = "";
     scan: for (;;) {
@@ -328,8 +328,8 @@ export class StatusHandlers {
       for (const [i, kv] of res.kvs.entries()) {
         scanned++;
         const entry = this.#keys.parseOpenTask(kv.key.toString());
-        if (!entry) continue;
-        if (phase === "own" ? entry.routerId === to : orphan(entry.routerId)) entries.push({ owner: entry.routerId, taskId: entry.taskId, key: kv.key, phase });
+        if (!entry || !(phase === "own" ? entry.routerId === to : orphan(entry.routerId))) continue;
+        entries.push({ owner: entry.routerId, taskId: entry.taskId, key: kv.key });
         if (entries.length === pageSize) {
           const more = i < res.kvs.length - 1 || res.more || phase === "own";
           next = more ? tokenAt(kv.key) : "";
@@ -346,34 +346,26 @@ export class StatusHandlers {
       after = undefined;
     }
 
+    // An entry was taken for its router; its record must still be that router's, unfinished.
+    const records = await this.#store.readRecords(entries.map((e) => e.taskId));
     const matches: TaskState[] = [];
-    for (let i = 0; i < entries.length; i += SCAN_CHUNK_KEYS) {
-      const chunk = entries.slice(i, i + SCAN_CHUNK_KEYS);
-      const res = await this.#etcd.kv.txn({
-        success: chunk.map((e) => ({ request_range: { key: Buffer.from(this.#keys.task(e.taskId)) } })),
+    const stale: { entry: (typeof entries)[number]; modRevision: string }[] = [];
+    entries.forEach((entry, i) => {
+      const kv = records[i];
+      const s = kv ? decodeStoredState(kv.value) : undefined;
+      if (s?.task && !isTaskTerminal(s.state) && s.routerId === entry.owner) matches.push(s);
+      else stale.push({ entry, modRevision: kv?.mod_revision ?? "0" });
+    });
+    for (const { entry, modRevision } of stale) {
+      await this.#etcd.kv.txn({
+        compare: [
+          { key: Buffer.from(this.#keys.task(entry.taskId)), target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: modRevision },
+        ],
+        success: [{ request_delete_range: { key: entry.key } }],
+        failure: [],
       });
-      const stale: ICompare[] = [];
-      const deletes: { request_delete_range: { key: Buffer } }[] = [];
-      chunk.forEach((e, j) => {
-        const kv = res.responses[j]?.response_range.kvs[0];
-        const s = kv ? decodeStoredState(kv.value) : undefined;
-        if (s?.task && !isTaskTerminal(s.state) && s.routerId === e.owner) {
-          if (e.phase === "own" ? s.routerId === to : orphan(s.routerId)) matches.push(s);
-          return;
-        }
-        stale.push({
-          key: Buffer.from(this.#keys.task(e.taskId)),
-          target: CompareTarget.Mod,
-          result: CompareResult.Equal,
-          mod_revision: kv?.mod_revision ?? "0",
-        });
-        deletes.push({ request_delete_range: { key: e.key } });
-      });
-      for (const [j, compare] of stale.entries()) {
-        await this.#etcd.kv.txn({ compare: [compare], success: [deletes[j] as (typeof deletes)[number]], failure: [] });
-      }
-      if (stale.length > 0) this.#log.info("deleted entries of the index of unfinished tasks whose task had ended or moved", { entries: stale.length });
     }
+    if (stale.length > 0) this.#log.info("deleted entries of the index of unfinished tasks whose task had ended or moved", { entries: stale.length });
     return { matches, nextPageToken: next };
   }
 

@@ -180,7 +180,7 @@ export class StatusServer {
     });
     let peers: MemberWatcher;
     try {
-      peers = await watchStatusPeers(etcd, new Keys(opts.prefix), parts, log);
+      peers = await watchStatusPeers(parts);
     } catch (err) {
       await registration.close().catch(() => {});
       throw err;
@@ -256,9 +256,9 @@ function setHealth(server: RunningGrpcServer, owns: boolean, status: ServingStat
  * the index of unfinished tasks the same versions: it is used only while every server
  * keeps it (open-index.ts).
  */
-async function watchStatusPeers(etcd: Etcd3, keys: Keys, parts: StatusParts, log: Logger): Promise<MemberWatcher> {
-  const { store, index } = parts;
-  const peers = new MemberWatcher(etcd, keys.membersOf("status"));
+async function watchStatusPeers(parts: StatusParts): Promise<MemberWatcher> {
+  const { etcd, store, index, log } = parts;
+  const peers = new MemberWatcher(etcd, new Keys(parts.opts.prefix).membersOf("status"));
   let pending = false;
   const decide = () => {
     pending = false;

@@ -363,18 +363,30 @@ export class TaskStore {
 
   /** Reads the states of these groups from etcd into g.base and the cache. */
   async #load(groups: TaskGroup[]): Promise<void> {
-    const chunks: TaskGroup[][] = [];
-    for (let i = 0; i < groups.length; i += this.#opts.maxTxnOps) {
-      chunks.push(groups.slice(i, i + this.#opts.maxTxnOps));
-    }
-    await mapLimit(chunks, TXN_CONCURRENCY, async (chunk) => {
-      const res = await this.#etcd.kv.txn({
-        success: chunk.map((g) => ({ request_range: { key: g.keyBytes } })),
-      });
-      chunk.forEach((g, i) => {
-        this.#rebase(g, res.responses[i]?.response_range.kvs[0]);
+    const kvs = await this.#readKeys(groups.map((g) => g.keyBytes));
+    groups.forEach((g, i) => {
+      this.#rebase(g, kvs[i]);
+    });
+  }
+
+  /** The records of these tasks as etcd holds them now, in order (undefined: no record). */
+  readRecords(taskIds: readonly string[]): Promise<(IKeyValue | undefined)[]> {
+    return this.#readKeys(taskIds.map((id) => Buffer.from(this.#keys.task(id))));
+  }
+
+  /** Reads these keys, in transactions of at most maxTxnOps ranges; in order, undefined where there is none. */
+  async #readKeys(keys: readonly Buffer[]): Promise<(IKeyValue | undefined)[]> {
+    const out: (IKeyValue | undefined)[] = new Array(keys.length);
+    const starts: number[] = [];
+    for (let i = 0; i < keys.length; i += this.#opts.maxTxnOps) starts.push(i);
+    await mapLimit(starts, TXN_CONCURRENCY, async (start) => {
+      const chunk = keys.slice(start, start + this.#opts.maxTxnOps);
+      const res = await this.#etcd.kv.txn({ success: chunk.map((key) => ({ request_range: { key } })) });
+      chunk.forEach((_, i) => {
+        out[start + i] = res.responses[i]?.response_range.kvs[0];
       });
     });
+    return out;
   }
 
   /**
@@ -462,12 +474,7 @@ export class TaskStore {
       res = await this.#etcd.kv.txn({ compare, success, failure: [] });
       this.#txnSeconds?.observe([], (performance.now() - started) / 1000);
       this.#txns?.inc([res.succeeded ? "committed" : "conflict"]);
-      if (!res.succeeded) {
-        const read = await this.#etcd.kv.txn({
-          success: chunk.map((g) => ({ request_range: { key: g.keyBytes } })),
-        });
-        current = chunk.map((_, i) => read.responses[i]?.response_range.kvs[0]);
-      }
+      if (!res.succeeded) current = await this.#readKeys(chunk.map((g) => g.keyBytes));
     } catch (err) {
       this.#txns?.inc(["error"]);
       // The transaction may or may not have been applied: forget what we knew, so that
