@@ -194,3 +194,55 @@ test("a rolling upgrade: while an older status server is registered claims read 
   await again.close();
   await waitFor(() => server.openIndexUsable, { what: "the index to be built again" });
 });
+
+test("status servers upgraded together: one of them builds the index, the others take its marker", async (t) => {
+  const { kv, start } = await setup(t);
+  const old = await registerMember(
+    kv,
+    create(MemberSchema, { id: "status-0.1.1", kind: MemberKind.STATUS, address: "127.0.0.1:9", version: "0.1.1" }),
+    { leaseTtlSeconds: 10 },
+  );
+  const legacy = Array.from({ length: 3_000 }, (_, i) => ({
+    id: `legacy-${String(i).padStart(4, "0")}`,
+    routerId: `router-${i % 3}`,
+    state: i % 2 === 0 ? State.RUNNING : State.SUCCEEDED,
+  }));
+  await putRecords(kv, legacy);
+  const servers = await Promise.all([start(), start(), start()]);
+  for (const s of servers) await s.openIndexSettled();
+  t.true(servers.every((s) => !s.openIndexUsable));
+
+  // The older server leaves: each newer one wants the index at once, one of them builds it.
+  await old.close();
+  await waitFor(() => servers.every((s) => s.openIndexUsable), { what: "every status server to read the index", timeoutMs: 30_000 });
+  t.deepEqual(
+    servers.map((s) => s.openIndexBuilds).sort(),
+    [0, 0, 1],
+    "the records were read by one status server",
+  );
+  t.is((await entries(kv)).length, 1_500, "every unfinished record has its entry");
+  t.false(await kv.get(keys.openIndexBuildLock()).exists(), "the build lock is released");
+});
+
+test("a build lock whose holder is gone does not stop the index: once its lease ends, a status server builds", async (t) => {
+  const { kv, start } = await setup(t);
+  await putRecords(kv, [{ id: "legacy-1", routerId: "router-gone", state: State.RUNNING }]);
+  // A status server that took the lock and died: its lease is not kept alive.
+  const lease = kv.lease(60, { autoKeepAlive: false });
+  await lease.put(keys.openIndexBuildLock()).value("");
+  const server = await start();
+  await server.openIndexSettled();
+  t.false(server.openIndexUsable, "no build while another holds the lock");
+  t.is(server.openIndexBuilds, 0);
+  t.false(await kv.get(keys.openIndexMarker()).exists());
+  // Claims still find the task, by reading every record.
+  const status = clientTo(StatusService, server.address);
+  const claimed = await status.claimTasks({ fromRouterId: "router-gone", toRouterId: "router-a", pageSize: 10 });
+  t.deepEqual(claimed.tasks.map((s) => s.task?.id), ["legacy-1"]);
+
+  // The lease ends (revoked here rather than waited out): the server, looking again, builds.
+  await lease.revoke();
+  await waitFor(() => server.openIndexUsable, { what: "the index to be built once the lock is free", timeoutMs: 30_000 });
+  t.is(server.openIndexBuilds, 1);
+  t.deepEqual(await entries(kv), ["router-a/legacy-1"]);
+});

@@ -86,6 +86,11 @@ export class Keys {
     return `${this.prefix}meta/open-index`;
   }
 
+  /** Held (under a lease) by the one status server that builds the index of unfinished tasks. */
+  openIndexBuildLock(): string {
+    return `${this.prefix}meta/open-index-build`;
+  }
+
   /** Cancel requests: cancels/<task id>, written by any router, acted on by the owner. */
   cancels(): string {
     return `${this.prefix}cancels/`;

@@ -2,9 +2,9 @@
 // that has not ended, under the router that drives it (docs/etcd-keys.md). ClaimTasks reads a
 // dead router's tasks from it, instead of reading every record that the retention keeps.
 import { compareVersions, isTaskTerminal, type Keys, type Logger, type TaskState, toDsatError } from "@dsat/sdk";
-import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IRequestOp } from "etcd3";
+import { CompareResult, CompareTarget, type Etcd3, EtcdLockFailedError, type ICompare, type IRequestOp, type Lock } from "etcd3";
 import { keyAfter, prefixEnd } from "../common/etcd-ranges.ts";
-import type { MetricsRegistry } from "../common/metrics.ts";
+import type { Counter, MetricsRegistry } from "../common/metrics.ts";
 import { decodeStoredState } from "./state-encoding.ts";
 
 /** The first dsat version whose status servers keep the index of unfinished tasks. */
@@ -47,8 +47,16 @@ export function openIndexOps(
 
 /** No index operations (shared: never changed). */
 export const NO_INDEX_OPS: readonly IRequestOp[] = [];
-/** After a failed build of the index, the next one, in milliseconds. */
+/**
+ * After a failed build of the index, or while another status server builds it, the next
+ * look at the marker (and try at the build), in milliseconds.
+ */
 const RETRY_MS = 5_000;
+/**
+ * The lease of the build lock, in seconds: kept alive while its holder builds; when the
+ * holder dies, the lock goes this long after, and another status server builds.
+ */
+const BUILD_LOCK_TTL_SECONDS = 10;
 const EMPTY = Buffer.alloc(0);
 
 /**
@@ -59,7 +67,10 @@ const EMPTY = Buffer.alloc(0);
  * (no meta/open-index marker) once every peer keeps it indexes every unfinished record
  * (each entry fenced on its record's revision) and then writes the marker. A status server
  * that sees an older peer deletes the marker, and ClaimTasks reads every record until the
- * index is complete again.
+ * index is complete again. One status server at a time builds, the one that holds the lock
+ * meta/open-index-build (under a lease): the others look for the marker every RETRY_MS, so
+ * that an upgrade of many status servers (a router each, serving StatusService) reads the
+ * records once, not once per server.
  */
 export class OpenIndex {
   readonly #etcd: Etcd3;
@@ -71,6 +82,8 @@ export class OpenIndex {
   #complete = false;
   /** Bumped whenever an older peer is seen: a build that started before does not write the marker. */
   #generation = 0;
+  /** A look at the marker under way (and the start of a build after it). */
+  #ensuring: Promise<void> | undefined;
   #building: Promise<void> | undefined;
   /** A build tried again after one that failed (etcd unavailable, say). */
   #retry: NodeJS.Timeout | undefined;
@@ -78,6 +91,9 @@ export class OpenIndex {
 
   /** Records read per etcd range, and entries put per transaction, while the index is built. */
   readonly #chunk: number;
+  /** Builds this server ran to the end (wrote the marker). */
+  #builds = 0;
+  readonly #buildsTotal: Counter | undefined;
 
   constructor(etcd: Etcd3, keys: Keys, log: Logger, options: { maxTxnOps: number; metrics?: MetricsRegistry | undefined }) {
     this.#etcd = etcd;
@@ -90,6 +106,15 @@ export class OpenIndex {
       [],
       () => [[[], this.usable ? 1 : 0]],
     );
+    this.#buildsTotal = options.metrics?.counter(
+      "dsat_status_open_index_builds_total",
+      "Builds of the index of unfinished tasks that this status server ran to the end (one status server builds at a time).",
+    );
+  }
+
+  /** Builds of the index that this server ran to the end. */
+  get builds(): number {
+    return this.#builds;
   }
 
   /** Whether ClaimTasks reads the index (else every task record). */
@@ -113,12 +138,13 @@ export class OpenIndex {
       });
       return;
     }
-    if (!this.#complete) await this.#ensure();
     this.#set(was);
+    if (!this.#complete) await this.#ensure();
   }
 
-  /** Waits for a build of the index that is under way (tests, close). */
+  /** Waits for a look at the marker, and a build of the index, that are under way (tests, close). */
   async settled(): Promise<void> {
+    await this.#ensuring;
     await this.#building;
   }
 
@@ -137,6 +163,13 @@ export class OpenIndex {
     this.#retry.unref();
   }
 
+  /** The marker is there (read, or written by this server): ClaimTasks may read the index. */
+  #markComplete(): void {
+    const was = this.usable;
+    this.#complete = true;
+    this.#set(was);
+  }
+
   #set(was: boolean): void {
     const now = this.usable;
     if (now !== was) {
@@ -145,14 +178,22 @@ export class OpenIndex {
   }
 
   /** Reads the marker; builds the index when there is none (one build at a time). */
-  async #ensure(): Promise<void> {
+  #ensure(): Promise<void> {
+    const ensuring = this.#ensureNow().finally(() => {
+      if (this.#ensuring === ensuring) this.#ensuring = undefined;
+    });
+    this.#ensuring = ensuring;
+    return ensuring;
+  }
+
+  async #ensureNow(): Promise<void> {
     const generation = this.#generation;
     try {
       const marked = await this.#etcd.get(this.#keys.openIndexMarker()).exists();
       // An older peer seen meanwhile: the marker read may be one it has deleted since.
       if (generation !== this.#generation) return;
       if (marked) {
-        this.#complete = true;
+        this.#markComplete();
         return;
       }
     } catch (err) {
@@ -165,13 +206,41 @@ export class OpenIndex {
     });
   }
 
+  /** Builds the index while it holds the build lock; when another server holds it, looks again later. */
   async #build(): Promise<void> {
+    let lock: Lock;
+    try {
+      lock = await this.#etcd.lock(this.#keys.openIndexBuildLock()).ttl(BUILD_LOCK_TTL_SECONDS).acquire();
+    } catch (err) {
+      if (err instanceof EtcdLockFailedError) {
+        this.#log.info("another status server builds the index of unfinished tasks; looking for its marker again later");
+      } else {
+        this.#log.warn("could not take the lock to build the index of unfinished tasks; trying again", { error: toDsatError(err).message });
+      }
+      this.#later();
+      return;
+    }
+    try {
+      await this.#buildLocked();
+    } finally {
+      await lock.release().catch((err: unknown) => {
+        this.#log.warn("could not release the lock of the index build (its lease ends it)", { error: toDsatError(err).message });
+      });
+    }
+  }
+
+  async #buildLocked(): Promise<void> {
     const generation = this.#generation;
     const started = performance.now();
-    this.#log.info("building the index of unfinished tasks: every record is read once (no meta/open-index marker)");
     let read = 0;
     let indexed = 0;
     try {
+      // The server that held the lock before may have finished the build.
+      if (await this.#etcd.get(this.#keys.openIndexMarker()).exists()) {
+        if (generation === this.#generation) this.#markComplete();
+        return;
+      }
+      this.#log.info("building the index of unfinished tasks: every record is read once (no meta/open-index marker)");
       const prefix = Buffer.from(this.#keys.tasks());
       const end = prefixEnd(prefix);
       let from: Buffer = prefix;
@@ -196,14 +265,14 @@ export class OpenIndex {
         await this.#etcd.delete().key(this.#keys.openIndexMarker());
         return;
       }
-      const was = this.usable;
-      this.#complete = true;
+      this.#builds++;
+      this.#buildsTotal?.inc();
       this.#log.info("the index of unfinished tasks is complete", {
         records: read,
         unfinished: indexed,
         ms: Math.round(performance.now() - started),
       });
-      this.#set(was);
+      this.#markComplete();
     } catch (err) {
       // Until a build succeeds, ClaimTasks reads every record.
       this.#log.warn("indexing the unfinished tasks failed; trying again", { error: toDsatError(err).message, records: read });

@@ -112,6 +112,11 @@ export class StatusServer {
     return this.#index.usable;
   }
 
+  /** Builds of the index of unfinished tasks that this server ran to the end. */
+  get openIndexBuilds(): number {
+    return this.#index.builds;
+  }
+
   /** Waits for a build of the index of unfinished tasks that is under way. */
   openIndexSettled(): Promise<void> {
     return this.#index.settled();
