@@ -68,6 +68,12 @@ async function putRecords(kv: Etcd3, records: { id: string; routerId: string; st
   }
 }
 
+/** Registers a status server of 0.1.1, which does not keep the index. */
+const registerOlderStatus = (kv: Etcd3, id: string) =>
+  registerMember(kv, create(MemberSchema, { id, kind: MemberKind.STATUS, address: "127.0.0.1:9", version: "0.1.1" }), {
+    leaseTtlSeconds: 10,
+  });
+
 const end = (taskId: string, to: State) =>
   create(TransitionSchema, { taskId, stage: "", attempt: 0, from: State.PENDING, to, memberId: "test" });
 
@@ -147,11 +153,7 @@ test("ClaimTasks pages through the index with include_own: own tasks first (mark
 test("a rolling upgrade: while an older status server is registered claims read every record; once it left, the records it wrote are indexed", async (t) => {
   const { kv, start } = await setup(t);
   // An older status server, and records that it wrote: no index entries.
-  const old = await registerMember(
-    kv,
-    create(MemberSchema, { id: "status-0.1.1", kind: MemberKind.STATUS, address: "127.0.0.1:9", version: "0.1.1" }),
-    { leaseTtlSeconds: 10 },
-  );
+  const old = await registerOlderStatus(kv, "status-0.1.1");
   await putRecords(kv, [
     { id: "legacy-1", routerId: "router-gone", state: State.RUNNING },
     { id: "legacy-2", routerId: "router-gone", state: State.RUNNING },
@@ -184,11 +186,7 @@ test("a rolling upgrade: while an older status server is registered claims read 
   t.deepEqual(await entries(kv), ["router-a/legacy-1", "router-a/legacy-2", "router-a/legacy-3"], "the stale entry is deleted");
 
   // An older server comes back (a rollback): the marker goes, and claims read every record again.
-  const again = await registerMember(
-    kv,
-    create(MemberSchema, { id: "status-0.1.1-b", kind: MemberKind.STATUS, address: "127.0.0.1:9", version: "0.1.1" }),
-    { leaseTtlSeconds: 10 },
-  );
+  const again = await registerOlderStatus(kv, "status-0.1.1-b");
   await waitFor(() => !server.openIndexUsable, { what: "the index to be set aside" });
   await waitFor(async () => !(await kv.get(keys.openIndexMarker()).exists()), { what: "the marker to be deleted" });
   await again.close();
@@ -197,11 +195,7 @@ test("a rolling upgrade: while an older status server is registered claims read 
 
 test("status servers upgraded together: one of them builds the index, the others take its marker", async (t) => {
   const { kv, start } = await setup(t);
-  const old = await registerMember(
-    kv,
-    create(MemberSchema, { id: "status-0.1.1", kind: MemberKind.STATUS, address: "127.0.0.1:9", version: "0.1.1" }),
-    { leaseTtlSeconds: 10 },
-  );
+  const old = await registerOlderStatus(kv, "status-0.1.1");
   const legacy = Array.from({ length: 3_000 }, (_, i) => ({
     id: `legacy-${String(i).padStart(4, "0")}`,
     routerId: `router-${i % 3}`,
