@@ -82,6 +82,8 @@ export class OpenIndex {
   #complete = false;
   /** Bumped whenever an older peer is seen: a build that started before does not write the marker. */
   #generation = 0;
+  /** Another server held the build lock at the last try (said in the log once). */
+  #waitingForBuild = false;
   /** A look at the marker under way (and the start of a build after it). */
   #ensuring: Promise<void> | undefined;
   #building: Promise<void> | undefined;
@@ -167,6 +169,7 @@ export class OpenIndex {
   #markComplete(): void {
     const was = this.usable;
     this.#complete = true;
+    this.#waitingForBuild = false;
     this.#set(was);
   }
 
@@ -213,7 +216,11 @@ export class OpenIndex {
       lock = await this.#etcd.lock(this.#keys.openIndexBuildLock()).ttl(BUILD_LOCK_TTL_SECONDS).acquire();
     } catch (err) {
       if (err instanceof EtcdLockFailedError) {
-        this.#log.info("another status server builds the index of unfinished tasks; looking for its marker again later");
+        // Said once per wait: a long build would otherwise log it every RETRY_MS.
+        if (!this.#waitingForBuild) {
+          this.#log.info(`another status server builds the index of unfinished tasks; looking for its marker every ${RETRY_MS / 1000} s`);
+        }
+        this.#waitingForBuild = true;
       } else {
         this.#log.warn("could not take the lock to build the index of unfinished tasks; trying again", { error: toDsatError(err).message });
       }
