@@ -1,9 +1,8 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageShape } from "@bufbuild/protobuf";
 import {
   type Assignment,
   AsyncQueue,
   type Cancel,
-  clientTo,
   Code,
   type ConnectError,
   type Load,
@@ -14,9 +13,9 @@ import {
   ProcessRequestSchema,
   type Transition,
   toDsatError,
-  WorkerService,
 } from "@dsat/sdk";
 import { processRequestWith } from "./assignment-encoding.ts";
+import { decodeWorkerResponse, type ProcessResponseWireSchema, processClient } from "./worker-responses.ts";
 import type { BatchHop } from "./router-telemetry.ts";
 
 /** What a link tells its router. */
@@ -60,8 +59,7 @@ export class WorkerLink {
   constructor(member: Member, routerId: string, version: string, events: WorkerLinkEvents) {
     this.member = member;
     this.#events = events;
-    const client = clientTo(WorkerService, member.address);
-    const responses = client.process(this.#requests, {
+    const responses = processClient(member.address)(this.#requests, {
       headers: { "dsat-version": version, "dsat-router-id": routerId },
       signal: this.#abort.signal,
     });
@@ -128,10 +126,11 @@ export class WorkerLink {
     this.#cancels = [];
   }
 
-  async #read(responses: AsyncIterable<{ hello?: Member; transitions: Transition[]; load?: Load }>): Promise<void> {
+  async #read(responses: AsyncIterable<MessageShape<typeof ProcessResponseWireSchema>>): Promise<void> {
     let error: ConnectError | undefined;
     try {
-      for await (const res of responses) {
+      for await (const wire of responses) {
+        const res = decodeWorkerResponse(wire);
         if (res.hello && !this.ready) {
           this.ready = true;
           this.#events.onReady(this);
