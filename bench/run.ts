@@ -321,7 +321,10 @@ report.seconds = (performance.now() - started) / 1000;
 if (quietWaited > 0) report.notes.push(`The bench waited ${quietWaited} s in all for other jobs on the machine to calm down before its scenarios.`);
 report.targets = evaluateTargets(report);
 mkdirSync(RESULTS, { recursive: true });
-const base = join(RESULTS, quick ? "quick" : "latest");
+// latest.* is what README and docs/benchmarks.md show: only a full run of every part
+// replaces it. A quick run, or a full run of some parts (--only, as in A/B pairs), writes
+// quick.* or partial.* beside it (ignored by git).
+const base = join(RESULTS, quick ? "quick" : values.only === undefined ? "latest" : "partial");
 for (const [ext, text] of [
   ["json", `${JSON.stringify(report, null, 2)}\n`],
   ["md", renderMarkdown(report)],
