@@ -1,8 +1,8 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { BinaryReader } from "@bufbuild/protobuf/wire";
+import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { State, TaskErrorSchema, type Transition, TransitionSchema } from "@dsat/sdk";
 import test from "ava";
-import { encodeTransitionField } from "./transition-encoding.ts";
+import { bigVarintSize, encodeTransitionField, writeBigVarint } from "./transition-encoding.ts";
 
 /** The message inside one encoded field entry, checking the tag. */
 function body(entry: Uint8Array, fieldNo: number): Uint8Array {
@@ -56,4 +56,16 @@ test("a transition with unknown fields keeps them (falls back to toBinary)", (t)
   const decoded = fromBinary(TransitionSchema, withExtra);
   const entry = encodeTransitionField(9, decoded);
   t.deepEqual(Buffer.from(body(entry, 9)), Buffer.from(withExtra));
+});
+
+test("bigVarintSize and writeBigVarint agree with protobuf-es at every varint length", (t) => {
+  const values = [0n, 1n, 2n ** 64n - 1n];
+  for (let bits = 7n; bits < 64n; bits += 7n) values.push(2n ** bits - 1n, 2n ** bits);
+  for (const n of values) {
+    const want = new BinaryWriter().uint64(n).finish();
+    const out = Buffer.alloc(16);
+    t.is(writeBigVarint(out, 0, n), want.length, `writeBigVarint(${n})`);
+    t.deepEqual([...out.subarray(0, want.length)], [...want]);
+    t.is(bigVarintSize(n), want.length, `bigVarintSize(${n})`);
+  }
 });

@@ -79,7 +79,7 @@ type SecondsNanos = Pick<Timestamp, "seconds" | "nanos">;
 
 export function timestampSize(ts: SecondsNanos): number {
   let n = 0;
-  if (ts.seconds) n += 1 + bigVarintSize(BigInt.asUintN(64, ts.seconds));
+  if (ts.seconds) n += 1 + bigVarintSize(asUint64(ts.seconds));
   if (ts.nanos) n += 1 + int32Size(ts.nanos);
   return n;
 }
@@ -87,7 +87,7 @@ export function timestampSize(ts: SecondsNanos): number {
 export function writeTimestamp(out: Buffer, p: number, ts: SecondsNanos): number {
   if (ts.seconds) {
     out[p++] = 0x08;
-    p = writeBigVarint(out, p, BigInt.asUintN(64, ts.seconds));
+    p = writeBigVarint(out, p, asUint64(ts.seconds));
   }
   if (ts.nanos) {
     out[p++] = 0x10;
@@ -182,8 +182,18 @@ export function writeInt32(out: Buffer, p: number, n: number): number {
   return n < 0 ? writeBigVarint(out, p, BigInt.asUintN(64, BigInt(n))) : writeVarint(out, p, n);
 }
 
+/** An int64 as the uint64 its varint encodes: itself when not negative (no new BigInt on the hot path). */
+function asUint64(v: bigint): bigint {
+  return v >= 0n ? v : BigInt.asUintN(64, v);
+}
+
 export function bigVarintSize(n: bigint): number {
-  if (n < 0x100000000n) return varintSize(Number(n));
+  // Comparisons with constants: no Number or BigInt is made (seconds since 1970 take 5 bytes).
+  if (n < 0x80n) return 1;
+  if (n < 0x4000n) return 2;
+  if (n < 0x200000n) return 3;
+  if (n < 0x10000000n) return 4;
+  if (n < 0x800000000n) return 5;
   let size = 1;
   let v = n;
   while (v >= 0x80n) {
