@@ -7,6 +7,7 @@ import {
   StageStateSchema,
   State,
   stateName,
+  type StageState,
   type Task,
   type TaskState,
   TaskStateSchema,
@@ -172,9 +173,10 @@ function isReplay(state: TaskState, t: Transition): boolean {
     }
     return false;
   }
-  return state.history.some(
-    (h) => h.stage === t.stage && h.attempt === t.attempt && h.from === t.from && h.to === t.to,
-  );
+  for (const h of state.history) {
+    if (h.stage === t.stage && h.attempt === t.attempt && h.from === t.from && h.to === t.to) return true;
+  }
+  return false;
 }
 
 /** A stage's progress report: RUNNING -> RUNNING. */
@@ -182,28 +184,43 @@ function isProgress(t: Transition): boolean {
   return t.stage !== "" && t.from === State.RUNNING && t.to === State.RUNNING;
 }
 
+// The messages of a refusal are made only when there is one: these checks run for every
+// transition stored.
+
+function step(t: Transition): string {
+  return `${stateName(t.from)} -> ${stateName(t.to)}`;
+}
+
 function checkTaskLevel(state: TaskState, t: Transition): string | undefined {
-  const step = `${stateName(t.from)} -> ${stateName(t.to)}`;
   if (isTaskTerminal(state.state)) {
-    return `illegal transition of task ${t.taskId}: ${step} (the task already ended ${stateName(state.state)})`;
+    return `illegal transition of task ${t.taskId}: ${step(t)} (the task already ended ${stateName(state.state)})`;
   }
   if (t.from !== state.state || !isLegalTaskTransition(t.from, t.to)) {
-    return `illegal transition of task ${t.taskId}: ${step} (the task is ${stateName(state.state)})`;
+    return `illegal transition of task ${t.taskId}: ${step(t)} (the task is ${stateName(state.state)})`;
   }
   return undefined;
 }
 
+/** The stage of that name (a loop, not find(): no closure per transition). */
+function stageOf(state: TaskState, name: string): StageState | undefined {
+  for (const s of state.stages) if (s.name === name) return s;
+  return undefined;
+}
+
+function where(t: Transition): string {
+  return `at stage "${t.stage}" attempt ${t.attempt}: ${step(t)}`;
+}
+
 function checkStageLevel(state: TaskState, t: Transition): string | undefined {
-  const stage = state.stages.find((s) => s.name === t.stage);
+  const stage = stageOf(state, t.stage);
   const current = stage?.state ?? State.UNSPECIFIED;
-  const where = `at stage "${t.stage}" attempt ${t.attempt}: ${stateName(t.from)} -> ${stateName(t.to)}`;
   if (t.from !== current || !isLegalStageTransition(t.from, t.to)) {
-    return `illegal transition ${where} (the stage is ${stateName(current)})`;
+    return `illegal transition ${where(t)} (the stage is ${stateName(current)})`;
   }
   // A worker that was given up on (its attempt failed or timed out) may still report;
   // its steps must not be taken for those of the attempt that replaced it.
   if (stage && t.attempt < stage.attempt) {
-    return `stale transition ${where} (the stage is at attempt ${stage.attempt})`;
+    return `stale transition ${where(t)} (the stage is at attempt ${stage.attempt})`;
   }
   return undefined;
 }
@@ -215,7 +232,7 @@ function moveTask(state: TaskState, t: Transition): void {
 }
 
 function moveStage(state: TaskState, t: Transition): void {
-  let stage = state.stages.find((s) => s.name === t.stage);
+  let stage = stageOf(state, t.stage);
   if (!stage) {
     stage = create(StageStateSchema, { name: t.stage });
     state.stages.push(stage);
