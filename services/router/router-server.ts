@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { durationMs, timestampDate, timestampFromMs, timestampNow } from "@bufbuild/protobuf/wkt";
+import { durationMs, type Timestamp, timestampDate, timestampFromMs, timestampNow } from "@bufbuild/protobuf/wkt";
 import {
   activeTracer,
   type Assignment,
@@ -830,6 +830,10 @@ export class RouterServer {
     return sr;
   }
 
+  /** The millisecond of {@link #stamp}: see #transition. */
+  #stampMs = -1;
+  #stamp: Timestamp | undefined;
+
   #transition(
     run: TaskRun,
     sr: StageRun | undefined,
@@ -839,6 +843,12 @@ export class RouterServer {
   ): Transition {
     // A plain message object with every field, as create() makes it, at a fraction of its cost.
     const ms = Date.now();
+    if (ms !== this.#stampMs) {
+      // One Timestamp per millisecond, shared by the transitions made in it (nothing changes
+      // a message's Timestamp in place; a new time is a new Timestamp).
+      this.#stampMs = ms;
+      this.#stamp = { $typeName: "google.protobuf.Timestamp", seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
+    }
     return {
       $typeName: "dsat.v1.Transition",
       taskId: run.task.id,
@@ -846,7 +856,7 @@ export class RouterServer {
       attempt: sr?.attempt ?? 0,
       from,
       to,
-      time: { $typeName: "google.protobuf.Timestamp", seconds: BigInt(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 },
+      time: this.#stamp,
       memberId: this.id,
       error: extra.error,
       output: extra.output ?? EMPTY_BYTES,
