@@ -1,4 +1,13 @@
-import { create, createFileRegistry, type DescMessage, type DescMethod, fromBinary, isFieldSet, type MessageShape } from "@bufbuild/protobuf";
+import {
+  create,
+  createFileRegistry,
+  type DescField,
+  type DescMessage,
+  type DescMethod,
+  fromBinary,
+  isFieldSet,
+  type MessageShape,
+} from "@bufbuild/protobuf";
 import { FieldDescriptorProto_Label, FieldDescriptorProto_Type, FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { type Load, LoadSchema, type Member, MemberSchema, type Transition, transportTo, WorkerService } from "@dsat/sdk";
 import { createClient } from "@connectrpc/connect";
@@ -41,8 +50,13 @@ export const ProcessResponseWireSchema = createFileRegistry(wireFile, () => unde
 
 type Wire = MessageShape<typeof ProcessResponseWireSchema> & { transitions: Uint8Array[]; load: Uint8Array; hello: Uint8Array };
 
-const LOAD_FIELD = ProcessResponseWireSchema.fields.find((f) => f.number === 2);
-const HELLO_FIELD = ProcessResponseWireSchema.fields.find((f) => f.number === 3);
+function fieldOf(no: number): DescField {
+  const f = ProcessResponseWireSchema.fields.find((x) => x.number === no);
+  if (!f) throw new Error(`ProcessResponseWire has no field ${no}`);
+  return f;
+}
+const LOAD_FIELD = fieldOf(2);
+const HELLO_FIELD = fieldOf(3);
 
 /** A worker's ProcessResponse, as the router uses it. */
 export interface WorkerResponse {
@@ -55,8 +69,8 @@ export interface WorkerResponse {
 export function decodeWorkerResponse(message: MessageShape<typeof ProcessResponseWireSchema>): WorkerResponse {
   const wire = message as Wire;
   const transitions = wire.transitions.map(decodeTransition);
-  const load = LOAD_FIELD && isFieldSet(message, LOAD_FIELD) ? fromBinary(LoadSchema, wire.load) : undefined;
-  const hello = HELLO_FIELD && isFieldSet(message, HELLO_FIELD) ? fromBinary(MemberSchema, wire.hello) : undefined;
+  const load = isFieldSet(message, LOAD_FIELD) ? fromBinary(LoadSchema, wire.load) : undefined;
+  const hello = isFieldSet(message, HELLO_FIELD) ? fromBinary(MemberSchema, wire.hello) : undefined;
   return { hello, load, transitions };
 }
 
