@@ -1,7 +1,7 @@
 // The index of unfinished tasks (services/status/open-index.ts), against a real etcd and
 // real status servers: kept with every write, read by ClaimTasks instead of every record,
 // and built for records that older status servers wrote.
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, toBinary, toJsonString } from "@bufbuild/protobuf";
 import {
   clientTo,
   connectEtcd,
@@ -239,4 +239,36 @@ test("a build lock whose holder is gone does not stop the index: once its lease 
   await waitFor(() => server.openIndexUsable, { what: "the index to be built once the lock is free", timeoutMs: 30_000 });
   t.is(server.openIndexBuilds, 1);
   t.deepEqual(await entries(kv), ["router-a/legacy-1"]);
+});
+
+test("ClaimTasks trusts the index only as of one revision: a marker deleted, or an older status server registered, just before the claim sends it to the records", async (t) => {
+  const { kv, start } = await setup(t);
+  const server = await start();
+  await waitFor(() => server.openIndexUsable, { what: "the index to be complete" });
+  const status = clientTo(StatusService, server.address);
+
+  // The marker deleted behind this server's back (as another status server does when it sees
+  // an older peer), and a record without an entry (as an older server writes).
+  await kv.delete().key(keys.openIndexMarker());
+  await putRecords(kv, [{ id: "unindexed-1", routerId: "router-gone", state: State.RUNNING }]);
+  const one = await status.claimTasks({ fromRouterId: "router-gone", toRouterId: "router-a", pageSize: 10 });
+  t.deepEqual(one.tasks.map((s) => s.task?.id), ["unindexed-1"], "found by reading the records");
+  await waitFor(() => server.openIndexUsable, { what: "the index to be built again" });
+  t.true(await kv.get(keys.openIndexMarker()).exists());
+
+  // An older status server that registers and writes a record in the same revision: a claim
+  // sent at once, before the membership watch may have told this server, reads the records.
+  const older = create(MemberSchema, { id: "status-0.1.1", kind: MemberKind.STATUS, address: "127.0.0.1:9", version: "0.1.1" });
+  const lease = kv.lease(30);
+  t.teardown(() => lease.revoke().catch(() => {}));
+  const leaseId = await lease.grant();
+  const record = create(TaskStateSchema, { task: { id: "unindexed-2", pipeline: "p" }, routerId: "router-gone", state: State.RUNNING });
+  await kv.kv.txn({
+    success: [
+      { request_put: { key: Buffer.from(keys.member("status", older.id)), value: Buffer.from(toJsonString(MemberSchema, older)), lease: leaseId } },
+      { request_put: { key: Buffer.from(keys.task("unindexed-2")), value: Buffer.from(toBinary(TaskStateSchema, record)) } },
+    ],
+  });
+  const two = await status.claimTasks({ fromRouterId: "router-gone", toRouterId: "router-a", pageSize: 10 });
+  t.deepEqual(two.tasks.map((s) => s.task?.id), ["unindexed-2"]);
 });

@@ -113,9 +113,10 @@ export class StatusHandlers {
     const indexToken = INDEX_TOKEN.test(req.pageToken);
     // A claim that began with a full scan goes on with it; one that began on the index while
     // it was complete starts again from the first record if it is not any more.
+    const revision = this.#index.usable && (indexToken || !req.pageToken) ? await this.#index.trustedRevision() : undefined;
     const { matches, nextPageToken: next } =
-      this.#index.usable && (indexToken || !req.pageToken)
-        ? await this.#openTasks(req, pageSize, orphan)
+      revision !== undefined
+        ? await this.#openTasks(req, pageSize, orphan, revision)
         : await this.#scanTasks(indexToken ? "" : req.pageToken, "ClaimTasks", pageSize, (s) => {
             const owner = s.routerId;
             return (orphan(owner) || (req.includeOwn && owner === to)) && !isTaskTerminal(s.state) && s.task !== undefined;
@@ -282,6 +283,7 @@ export class StatusHandlers {
     req: ClaimTasksRequest,
     pageSize: number,
     orphan: (owner: string) => boolean,
+    revision: string,
   ): Promise<{ matches: TaskState[]; nextPageToken: string }> {
     const to = req.toRouterId;
     const ranges = {
@@ -324,6 +326,8 @@ export class StatusHandlers {
         range_end: prefixEnd(prefix),
         limit: Math.min(OPEN_SCAN_CHUNK_KEYS, MAX_SCAN_KEYS - scanned),
         keys_only: true,
+        // At the revision the index was trusted at (OpenIndex.trustedRevision).
+        revision,
       });
       for (const [i, kv] of res.kvs.entries()) {
         scanned++;

@@ -1,7 +1,7 @@
 // The index of unfinished tasks: open/<router>/<task id>, an empty key beside each task record
 // that has not ended, under the router that drives it (docs/etcd-keys.md). ClaimTasks reads a
 // dead router's tasks from it, instead of reading every record that the retention keeps.
-import { compareVersions, isTaskTerminal, type Keys, type Logger, type TaskState, toDsatError } from "@dsat/sdk";
+import { compareVersions, isTaskTerminal, type Keys, type Logger, parseMember, type TaskState, toDsatError } from "@dsat/sdk";
 import { CompareResult, CompareTarget, type Etcd3, EtcdLockFailedError, type ICompare, type IRequestOp, type Lock } from "etcd3";
 import { keyAfter, prefixEnd } from "../common/etcd-ranges.ts";
 import type { Counter, MetricsRegistry } from "../common/metrics.ts";
@@ -122,6 +122,37 @@ export class OpenIndex {
   /** Whether ClaimTasks reads the index (else every task record). */
   get usable(): boolean {
     return this.#peersKeep && this.#complete;
+  }
+
+  /**
+   * The revision at which ClaimTasks may trust the index, read now: the marker is there and
+   * every status server registered keeps the index, both at that revision (undefined when
+   * not). The membership watch that sets `usable` lags etcd by a little: an older status
+   * server that registered just now, or a marker just deleted, is seen here first, and the
+   * claim reads every record instead. Entries read at this revision are complete for every
+   * record written up to it.
+   */
+  async trustedRevision(): Promise<string | undefined> {
+    const members = Buffer.from(this.#keys.membersOf("status"));
+    const res = await this.#etcd.kv.txn({
+      compare: [],
+      success: [
+        { request_range: { key: Buffer.from(this.#keys.openIndexMarker()), keys_only: true } },
+        { request_range: { key: members, range_end: prefixEnd(members) } },
+      ],
+      failure: [],
+    });
+    const marked = (res.responses[0]?.response_range.kvs.length ?? 0) > 0;
+    const versions = (res.responses[1]?.response_range.kvs ?? []).map((kv) => parseMember(kv.value)?.version ?? "");
+    if (marked && versions.every(keepsOpenIndex)) return res.header.revision;
+    if (!marked && this.#complete) {
+      // Deleted by another status server (or by hand): built again once every peer keeps it.
+      const was = this.usable;
+      this.#complete = false;
+      this.#set(was);
+      if (this.#peersKeep) void this.#ensure();
+    }
+    return undefined;
   }
 
   /** What the status servers registered now announce (no server at all tells nothing). */
