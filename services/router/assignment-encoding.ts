@@ -1,6 +1,7 @@
 import { toBinary } from "@bufbuild/protobuf";
 import { WireType } from "@bufbuild/protobuf/wire";
-import { type Assignment, AssignmentSchema, type ProcessRequest, type Task, TaskSchema } from "@dsat/sdk";
+import { type Assignment, AssignmentSchema, type ProcessRequest, type Task } from "@dsat/sdk";
+import { encodeTask } from "../common/task-encoding.ts";
 import {
   lenFieldSize,
   lengthDelimited,
@@ -23,13 +24,12 @@ import {
 // allows); `assignment-encoding.test.ts` checks that. An Assignment without a remembered
 // task (a hand-off from another router) or with unknown fields goes through toBinary.
 
-const EMPTY = new Uint8Array(0);
 /** Assignments made by the router, with the bytes of their task without payload and headers. */
 const bases = new WeakMap<Assignment, Uint8Array>();
 
 /** The bytes of a task without its payload and headers, to be shared by its assignments. */
 export function encodeTaskBase(task: Task): Uint8Array {
-  return toBinary(TaskSchema, { ...task, payload: EMPTY, headers: {} });
+  return encodeTask(task, false);
 }
 
 /** Remembers the task bytes (from {@link encodeTaskBase} of a.task, as it was) for {@link encodeAssignmentValue}. */

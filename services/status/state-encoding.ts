@@ -1,10 +1,10 @@
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { encodeTask } from "../common/task-encoding.ts";
 import {
   compareVersions,
   type StageState,
   State,
   type Task,
-  TaskSchema,
   type TaskState,
   TaskStateSchema,
   type Transition,
@@ -99,7 +99,7 @@ export function encodeTaskState(
     previous && previous.task === state.task
       ? previous.taskBytes
       : state.task
-        ? lengthDelimited(TASK_FIELD, toBinary(TaskSchema, state.task))
+        ? lengthDelimited(TASK_FIELD, encodeTask(state.task))
         : new Uint8Array(0);
   // The entries already encoded, as long as the history still starts with them (a progress
   // entry may have been replaced at the end).
