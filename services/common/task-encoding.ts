@@ -39,16 +39,8 @@ export function encodeTask(task: Task, withPayloadAndHeaders = true): Uint8Array
   if (pipeline) size += lenFieldSize(pipeline);
   if (task.pipelineVersion) size += 1 + bigVarintSize(task.pipelineVersion);
   if (payload.length) size += lenFieldSize(payload.length);
-  const keys = Object.keys(headers);
-  // Byte lengths of each header's key, value and entry, three numbers per header.
-  const lengths: number[] = [];
-  for (const k of keys) {
-    const kb = Buffer.byteLength(k);
-    const vb = Buffer.byteLength(headers[k] as string);
-    const entry = lenFieldSize(kb) + lenFieldSize(vb);
-    lengths.push(kb, vb, entry);
-    size += lenFieldSize(entry);
-  }
+  const h = measureHeaders(headers);
+  size += h.size;
   if (deadline >= 0) size += lenFieldSize(deadline);
   if (createdAt >= 0) size += lenFieldSize(createdAt);
 
@@ -61,14 +53,43 @@ export function encodeTask(task: Task, withPayloadAndHeaders = true): Uint8Array
     p = writeBigVarint(out, p, task.pipelineVersion);
   }
   if (payload.length) p = writeBytesField(out, p, 0x22, payload);
-  for (let i = 0; i < keys.length; i++) {
-    const k = keys[i] as string;
-    p = writeVarintField(out, p, 0x2a, lengths[3 * i + 2] as number);
-    p = writeString(out, p, 0x0a, k, lengths[3 * i] as number);
-    p = writeString(out, p, 0x12, headers[k] as string, lengths[3 * i + 1] as number);
-  }
+  p = writeHeaders(out, p, headers, h);
   if (task.deadline && deadline >= 0) p = writeTimestampField(out, p, 0x32, task.deadline, deadline);
   if (task.createdAt && createdAt >= 0) p = writeTimestampField(out, p, 0x3a, task.createdAt, createdAt);
   if (p !== size) throw new Error(`task encoding: wrote ${p} bytes of ${size}`);
   return out;
+}
+
+/** A task's headers (field 5, a map<string, string>) measured for {@link writeHeaders}. */
+export interface MeasuredHeaders {
+  readonly keys: readonly string[];
+  /** Byte lengths of each header's key, value and entry: three numbers per header. */
+  readonly lengths: readonly number[];
+  /** Bytes of every entry, tags and lengths included. */
+  readonly size: number;
+}
+
+export function measureHeaders(headers: Record<string, string>): MeasuredHeaders {
+  const keys = Object.keys(headers);
+  const lengths: number[] = [];
+  let size = 0;
+  for (const k of keys) {
+    const kb = Buffer.byteLength(k);
+    const vb = Buffer.byteLength(headers[k] as string);
+    const entry = lenFieldSize(kb) + lenFieldSize(vb);
+    lengths.push(kb, vb, entry);
+    size += lenFieldSize(entry);
+  }
+  return { keys, lengths, size };
+}
+
+/** Writes the headers as Task field 5, one map entry each (key and value always written, as toBinary does). */
+export function writeHeaders(out: Buffer, p: number, headers: Record<string, string>, m: MeasuredHeaders): number {
+  for (let i = 0; i < m.keys.length; i++) {
+    const k = m.keys[i] as string;
+    p = writeVarintField(out, p, 0x2a, m.lengths[3 * i + 2] as number);
+    p = writeString(out, p, 0x0a, k, m.lengths[3 * i] as number);
+    p = writeString(out, p, 0x12, headers[k] as string, m.lengths[3 * i + 1] as number);
+  }
+  return p;
 }

@@ -1,7 +1,7 @@
 import { toBinary } from "@bufbuild/protobuf";
 import { WireType } from "@bufbuild/protobuf/wire";
 import { type Assignment, AssignmentSchema, type ProcessRequest, type Task } from "@dsat/sdk";
-import { encodeTask } from "../common/task-encoding.ts";
+import { encodeTask, measureHeaders, writeHeaders } from "../common/task-encoding.ts";
 import {
   lenFieldSize,
   lengthDelimited,
@@ -52,13 +52,8 @@ export function encodeAssignmentValue(a: Assignment): Uint8Array {
   const payload = task.payload.length;
   let taskLen = base.length;
   if (payload > 0) taskLen += lenFieldSize(payload);
-  const headers = Object.entries(task.headers).map(([k, v]) => {
-    const kb = Buffer.byteLength(k);
-    const vb = Buffer.byteLength(v);
-    const entry = lenFieldSize(kb) + lenFieldSize(vb);
-    taskLen += lenFieldSize(entry);
-    return { k, v, kb, vb, entry };
-  });
+  const headers = measureHeaders(task.headers);
+  taskLen += headers.size;
   const stage = Buffer.byteLength(a.stage);
   const timeout = a.timeout ? timestampSize(a.timeout) : -1;
   let len = lenFieldSize(taskLen);
@@ -72,11 +67,7 @@ export function encodeAssignmentValue(a: Assignment): Uint8Array {
   out.set(base, p);
   p += base.length;
   if (payload > 0) p = writeBytesField(out, p, 0x22, task.payload);
-  for (const h of headers) {
-    p = writeVarintField(out, p, 0x2a, h.entry);
-    p = writeString(out, p, 0x0a, h.k, h.kb);
-    p = writeString(out, p, 0x12, h.v, h.vb);
-  }
+  p = writeHeaders(out, p, task.headers, headers);
   if (stage > 0) p = writeString(out, p, 0x12, a.stage, stage);
   if (a.attempt !== 0) p = writeVarintField(out, p, 0x18, a.attempt);
   if (a.timeout && timeout >= 0) p = writeTimestampField(out, p, 0x22, a.timeout, timeout);
