@@ -353,23 +353,14 @@ export class StatusHandlers {
     // An entry was taken for its router; its record must still be that router's, unfinished.
     const records = await this.#store.readRecords(entries.map((e) => e.taskId));
     const matches: TaskState[] = [];
-    const stale: { entry: (typeof entries)[number]; modRevision: string }[] = [];
+    const stale: { key: Buffer; taskId: string; modRevision: string }[] = [];
     entries.forEach((entry, i) => {
       const kv = records[i];
       const s = kv ? decodeStoredState(kv.value) : undefined;
       if (s?.task && !isTaskTerminal(s.state) && s.routerId === entry.owner) matches.push(s);
-      else stale.push({ entry, modRevision: kv?.mod_revision ?? "0" });
+      else stale.push({ key: entry.key, taskId: entry.taskId, modRevision: kv?.mod_revision ?? "0" });
     });
-    for (const { entry, modRevision } of stale) {
-      await this.#etcd.kv.txn({
-        compare: [
-          { key: Buffer.from(this.#keys.task(entry.taskId)), target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: modRevision },
-        ],
-        success: [{ request_delete_range: { key: entry.key } }],
-        failure: [],
-      });
-    }
-    if (stale.length > 0) this.#log.info("deleted entries of the index of unfinished tasks whose task had ended or moved", { entries: stale.length });
+    await this.#index.dropStale(stale);
     return { matches, nextPageToken: next };
   }
 

@@ -4,6 +4,7 @@
 import { compareVersions, isTaskTerminal, type Keys, type Logger, parseMember, type TaskState, toDsatError } from "@dsat/sdk";
 import { CompareResult, CompareTarget, type Etcd3, EtcdLockFailedError, type ICompare, type IRequestOp, type Lock } from "etcd3";
 import { keyAfter, prefixEnd } from "../common/etcd-ranges.ts";
+import { mapLimit } from "../common/map-limit.ts";
 import type { Counter, MetricsRegistry } from "../common/metrics.ts";
 import { decodeStoredState } from "./state-encoding.ts";
 
@@ -58,6 +59,8 @@ const RETRY_MS = 5_000;
  */
 const BUILD_LOCK_TTL_SECONDS = 10;
 const EMPTY = Buffer.alloc(0);
+/** Stale entries deleted at once (each in a fenced transaction of its own). */
+const STALE_DELETE_CONCURRENCY = 8;
 
 /**
  * Whether ClaimTasks may trust the index, and what makes it so. Every status server of
@@ -153,6 +156,21 @@ export class OpenIndex {
       if (this.#peersKeep) void this.#ensure();
     }
     return undefined;
+  }
+
+  /**
+   * Deletes entries whose record ended, moved to another router or is gone (ClaimTasks
+   * found them so), each only if its record is still at the revision it was read at.
+   */
+  async dropStale(entries: readonly { key: Buffer; taskId: string; modRevision: string }[]): Promise<void> {
+    await mapLimit(entries, STALE_DELETE_CONCURRENCY, async (e) => {
+      await this.#etcd.kv.txn({
+        compare: [{ key: Buffer.from(this.#keys.task(e.taskId)), target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: e.modRevision }],
+        success: [{ request_delete_range: { key: e.key } }],
+        failure: [],
+      });
+    });
+    if (entries.length > 0) this.#log.info("deleted entries of the index of unfinished tasks whose task had ended or moved", { entries: entries.length });
   }
 
   /** What the status servers registered now announce (no server at all tells nothing). */

@@ -19,6 +19,7 @@ import {
 } from "@dsat/sdk";
 import { CompareResult, CompareTarget, type Etcd3, type ICompare, type IKeyValue, type IRequestOp } from "etcd3";
 import { laneOf } from "../common/lanes.ts";
+import { mapLimit } from "../common/map-limit.ts";
 import { type Counter, type Histogram, SECONDS_BUCKETS, SIZE_BUCKETS } from "../common/metrics.ts";
 import { NO_INDEX_OPS, openIndexOps } from "./open-index.ts";
 import { RetentionLeases } from "./retention.ts";
@@ -700,16 +701,4 @@ class StateCache {
   get size(): number {
     return this.#map.size;
   }
-}
-
-/** Runs fn on every item, at most `limit` at a time. */
-async function mapLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const item = items[next++] as T;
-      await fn(item);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
