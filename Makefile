@@ -60,7 +60,7 @@ cycles: deps
 	$(NODE_RUN) scripts/check-cycles.ts sdk/src services
 
 unit: deps
-	$(NODE) node_modules/ava/entrypoints/cli.mjs 'sdk/src/**/*.test.ts' 'services/**/*.test.ts'
+	$(NODE) node_modules/ava/entrypoints/cli.mjs 'sdk/src/**/*.test.ts' 'services/**/*.test.ts' 'bench/**/*.test.ts'
 
 ## test: lint, typecheck, generated code, contract, import cycles, then every test (real etcd, real processes).
 test: deps check-gen check-breaking lint typecheck cycles

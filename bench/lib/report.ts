@@ -4,6 +4,7 @@ import { type ProfileSummary, profileMarkdown } from "../profile-summary.ts";
 import type { LoadPlan } from "./load.ts";
 import type { Measured, WindowMeasure } from "./measure.ts";
 import type { MemoryResult } from "./memory-mode.ts";
+import { median } from "./stats.ts";
 
 /** One scenario: a system at a number of tasks in flight. */
 export interface ScenarioResult extends Measured {
@@ -84,6 +85,11 @@ export function times(v: number | undefined): string {
   return v === undefined ? "-" : `${v < 0.1 ? v.toFixed(3) : v.toFixed(2)}×`;
 }
 
+/** The throughput target (dsat / Moleculer at 1000 in flight) whose CPU budget {@link cpuBudgetTables} shows. */
+const THROUGHPUT_TARGET = 1.5;
+/** The CPU target (dsat / Moleculer, CPU per task at 1000 in flight). */
+const CPU_TARGET = 0.5;
+
 /** Evaluates the issue's targets (for the report only: nothing is asserted). */
 export function evaluateTargets(r: BenchReport): TargetRow[] {
   const d = find(r, "dsat", 1000);
@@ -126,9 +132,9 @@ export function evaluateTargets(r: BenchReport): TargetRow[] {
     };
   };
   const rows = [
-    atLeast("tasks/s at 1000 in flight, dsat / Moleculer", ratio(d?.tasksPerSec, mol?.tasksPerSec), 1.5, "×", rounds(d, mol, (w) => w.tasksPerSec)),
+    atLeast("tasks/s at 1000 in flight, dsat / Moleculer", ratio(d?.tasksPerSec, mol?.tasksPerSec), THROUGHPUT_TARGET, "×", rounds(d, mol, (w) => w.tasksPerSec)),
     atLeast("tasks/s at 1000 in flight, dsat / raw", ratio(d?.tasksPerSec, raw?.tasksPerSec), 1, "×", rounds(d, raw, (w) => w.tasksPerSec)),
-    atMost("CPU per task at 1000 in flight, dsat / Moleculer", ratio(d?.cpuMsPerTask, mol?.cpuMsPerTask), 0.5, "×", rounds(d, mol, (w) => w.cpuMsPerTask)),
+    atMost("CPU per task at 1000 in flight, dsat / Moleculer", ratio(d?.cpuMsPerTask, mol?.cpuMsPerTask), CPU_TARGET, "×", rounds(d, mol, (w) => w.cpuMsPerTask)),
     atMost("p99 latency at 100 in flight, dsat / raw", ratio(d100?.p99Ms, raw100?.p99Ms), 2, "×", rounds(d100, raw100, (w) => w.p99Ms)),
   ];
   const rssRow = (what: string, router: number | undefined): TargetRow =>
@@ -156,6 +162,60 @@ export function evaluateTargets(r: BenchReport): TargetRow[] {
   return rows;
 }
 
+/** A bar of `share` (1 = the whole budget) in tenths of a budget per character, at most `max` characters. */
+export function bar(share: number, max = 50): string {
+  if (!(share > 0)) return "";
+  const tenths = Math.round(share * 10 * 8); // eighths of a character
+  const full = Math.min(max, Math.floor(tenths / 8));
+  const rest = full === max ? 0 : tenths % 8;
+  return "█".repeat(full) + (rest > 0 ? (" ▏▎▍▌▋▊▉"[rest] as string) : "") + (full === max && share * 10 > max ? "…" : "");
+}
+
+/** Cores kept busy during a scenario's windows (CPU per task × tasks/s; the median window). */
+export function coresBusy(s: Pick<ScenarioResult, "windows">): number {
+  return median(s.windows.map((w) => (w.cpuMsPerTask * w.tasksPerSec) / 1000));
+}
+
+/**
+ * Why targets 1 and 3 are where they are, as two tables: what each process of dsat takes of
+ * the CPU that 1.5× Moleculer's throughput would leave per task on this machine's cores,
+ * and how many of the cores each system kept busy. Empty when dsat or Moleculer was not
+ * measured at 1000 in flight.
+ */
+export function cpuBudgetTables(r: BenchReport): Table[] {
+  const d = find(r, "dsat", 1000);
+  const mol = find(r, "moleculer", 1000);
+  if (!d || !mol || !(mol.tasksPerSec > 0)) return [];
+  const cores = r.machine.cores;
+  const budgetMs = (cores * 1000) / (THROUGHPUT_TARGET * mol.tasksPerSec);
+  const row = (label: string, ms: number | undefined): string[] => {
+    const share = ms === undefined ? Number.NaN : ms / budgetMs;
+    return [label, num(ms, 3), Number.isNaN(share) ? "-" : `${num(100 * share)}%`, bar(share)];
+  };
+  const processes = Object.entries(d.cpuMsPerTaskBy)
+    .filter(([, ms]) => !Number.isNaN(ms))
+    .sort((a, b) => b[1] - a[1]);
+  const order = [...r.scenarios].filter((s) => s.inFlight === 1000).sort((a, b) => SYSTEMS.indexOf(a.system) - SYSTEMS.indexOf(b.system));
+  return [
+    {
+      title:
+        `CPU budget of the throughput target: ${cores} cores / (${THROUGHPUT_TARGET} × Moleculer's ${num(mol.tasksPerSec)} tasks/s) = ` +
+        `${num(budgetMs, 3)} CPU ms per task for every process together (each █ is a tenth of it)`,
+      head: ["dsat at 1000 in flight", "CPU ms/task", "of the budget", ""],
+      rows: [
+        ...processes.map(([name, ms]) => row(name, ms)),
+        row("all processes", d.cpuMsPerTask),
+        row(`the CPU target: ${CPU_TARGET} × Moleculer's ${num(mol.cpuMsPerTask, 3)}`, CPU_TARGET * mol.cpuMsPerTask),
+      ],
+    },
+    {
+      title: `Cores kept busy at 1000 in flight (of ${cores}; CPU per task × tasks/s, median window)`,
+      head: ["system", "tasks/s", "CPU ms/task", "cores busy"],
+      rows: order.map((s) => [SYSTEM_LABEL[s.system], num(s.tasksPerSec), num(s.cpuMsPerTask, 3), num(coresBusy(s), 2)]),
+    },
+  ];
+}
+
 /** A plain text table with columns padded; numbers right-aligned. */
 function textTable(head: string[], rows: string[][]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
@@ -174,7 +234,7 @@ function mdTable(head: string[], rows: string[][]): string {
   ].join("\n");
 }
 
-type Table = { title: string; head: string[]; rows: string[][] };
+export type Table = { title: string; head: string[]; rows: string[][] };
 
 /** The tables of a report, in the order they are printed. */
 export function tables(r: BenchReport): Table[] {
@@ -230,6 +290,8 @@ export function tables(r: BenchReport): Table[] {
     head: ["target", "wanted", "measured", "result"],
     rows: r.targets.map((t) => [t.what, t.target, t.value, t.met === undefined ? t.note : `${t.met ? "met" : "MISSED"}: ${t.note}`]),
   });
+
+  out.push(...cpuBudgetTables(r));
 
   out.push({
     title: "Per process: CPU ms per task (median window) / peak RSS MB",
