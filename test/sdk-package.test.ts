@@ -12,6 +12,7 @@ import { createClient, DSAT_VERSION, stateName } from "@dsat/sdk";
 import { startMesh, type TestMesh } from "./helpers/mesh.ts";
 import { freePort, ROOT, type ServiceProcess, startProcess } from "./helpers/processes.ts";
 import { startOtlpReceiver } from "./helpers/otlp-receiver.ts";
+import { parseMetrics } from "./helpers/metrics.ts";
 import { LocalEtcd } from "../services/cli/local-etcd.ts";
 import { parse as parseYaml } from "yaml";
 import { waitFor } from "./helpers/wait.ts";
@@ -351,6 +352,12 @@ test.serial("deploy/: the compose file's services start as written (without a co
     for (const p of started) {
       const res = await fetch(`http://${p.metrics}/metrics`);
       t.is(res.status, 200, `${p.kind} ${p.id}: /metrics`);
+      // Every process serves the standard process and Node.js metrics beside dsat's own.
+      const samples = parseMetrics(await res.text());
+      const value = (name: string) => samples.find((m) => m.name === name)?.value ?? Number.NaN;
+      t.true(value("process_resident_memory_bytes") > 10e6, `${p.kind} ${p.id}: its RSS`);
+      t.true(value("process_cpu_seconds_total") > 0, `${p.kind} ${p.id}: its CPU seconds`);
+      t.true(value("nodejs_heap_size_used_bytes") > 0, `${p.kind} ${p.id}: its heap`);
     }
     // SIGTERM drains and flushes the spans: every process of the compose file exported some.
     await Promise.all(started.map((p) => p.stop()));

@@ -10,6 +10,7 @@ import type { AddressInfo } from "node:net";
  */
 export class MetricsRegistry {
   readonly #metrics: Metric[] = [];
+  readonly #beforeRender: (() => void)[] = [];
 
   /** A counter (a `_total` name) with these label names. */
   counter(name: string, help: string, labels: readonly string[] = []): Counter {
@@ -26,8 +27,22 @@ export class MetricsRegistry {
     this.#add(new Gauge(name, help, labels, collect));
   }
 
+  /**
+   * A counter whose values `collect` gives at each scrape: [label values, value] pairs, for a
+   * total kept elsewhere (the process's CPU seconds, say).
+   */
+  counterOf(name: string, help: string, labels: readonly string[], collect: () => Iterable<readonly [readonly string[], number]>): void {
+    this.#add(new Gauge(name, help, labels, collect, "counter"));
+  }
+
+  /** Runs `fn` at the start of each scrape, before any metric is read (to take one snapshot for several gauges). */
+  beforeRender(fn: () => void): void {
+    this.#beforeRender.push(fn);
+  }
+
   /** Every metric in the Prometheus text format. */
   render(): string {
+    for (const fn of this.#beforeRender) fn();
     return this.#metrics.map((m) => m.render()).join("");
   }
 
@@ -129,16 +144,25 @@ export class Histogram extends Metric {
   }
 }
 
+/** A metric whose values are read at scrape time: a gauge, or a counter kept elsewhere. */
 class Gauge extends Metric {
   readonly #collect: () => Iterable<readonly [readonly string[], number]>;
+  readonly #type: "gauge" | "counter";
 
-  constructor(name: string, help: string, labels: readonly string[], collect: () => Iterable<readonly [readonly string[], number]>) {
+  constructor(
+    name: string,
+    help: string,
+    labels: readonly string[],
+    collect: () => Iterable<readonly [readonly string[], number]>,
+    type: "gauge" | "counter" = "gauge",
+  ) {
     super(name, help, labels);
     this.#collect = collect;
+    this.#type = type;
   }
 
   render(): string {
-    let out = this.header("gauge");
+    let out = this.header(this.#type);
     for (const [labels, value] of this.#collect()) out += `${this.name}${this.labelText(labels)} ${value}\n`;
     return out;
   }

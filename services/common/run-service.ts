@@ -2,6 +2,7 @@ import { parseArgs } from "node:util";
 import { defaultEtcdEndpoints, startTelemetry, type Telemetry, toDsatError } from "@dsat/sdk";
 import { withDeadline } from "./deadline.ts";
 import { MetricsRegistry, type MetricsServer, serveMetrics } from "./metrics.ts";
+import { registerProcessMetrics } from "./process-metrics.ts";
 
 /** Flags every service process takes (each also from an environment variable). */
 export interface ServiceFlags {
@@ -89,7 +90,10 @@ export async function runService(
     process.stderr.write(`dsat ${kind}: --metrics-port must be a port number (0: no metrics endpoint), not "${values["metrics-port"] ?? process.env.DSAT_METRICS_PORT}"\n`);
     process.exit(1);
   }
-  if (metricsPort > 0) flags.metrics = new MetricsRegistry();
+  if (metricsPort > 0) {
+    flags.metrics = new MetricsRegistry();
+    registerProcessMetrics(flags.metrics);
+  }
   let telemetry: Telemetry | undefined;
   let metricsServer: MetricsServer | undefined;
   let service: StartedService;
