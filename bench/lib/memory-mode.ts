@@ -2,6 +2,7 @@
 // the router and the status server hold, and does admission slow down?
 import { spawn } from "node:child_process";
 import type { FloodResult } from "../dsat/flood-driver.ts";
+import { freePort } from "../../services/cli/local-etcd.ts";
 import { startDsat } from "./deployments.ts";
 import { type BenchProcess, COMPILED_NODE_FLAGS, ROOT, wrap } from "./processes.ts";
 import { memory } from "./proc-stats.ts";
@@ -34,6 +35,13 @@ export interface MemoryResult {
   peakRssBy: Record<string, number>;
   /** RSS (VmRSS) by process right after the flood was accepted, in bytes. */
   rssAfterFloodBy: Record<string, number>;
+  /**
+   * The router's V8 heap right after the flood, from its /metrics (process-metrics.ts), in
+   * bytes: what it reserved, what is in use (live objects and garbage not yet collected),
+   * and the memory of C++ objects bound to JavaScript ones (Buffers). Absent when it could
+   * not be read.
+   */
+  routerHeapAfterFlood?: { heapTotal: number; heapUsed: number; external: number };
   seconds: number;
 }
 
@@ -50,7 +58,8 @@ export async function runMemoryMode(options: MemoryOptions): Promise<MemoryResul
       { stage: "s3", export: "echo", concurrency: 1000 },
     ],
     routerNodeFlags: [],
-    routerArgs: [],
+    // Its /metrics, for its heap after the flood (the process metrics cost no memory to speak of).
+    routerArgs: ["--metrics-port", String(await freePort())],
     serveStatus: options.serveStatus ?? false,
   });
   try {
@@ -81,6 +90,7 @@ export async function runMemoryMode(options: MemoryOptions): Promise<MemoryResul
       }
     };
     const ticker = setInterval(sample, 100);
+    let heap: Promise<MemoryResult["routerHeapAfterFlood"]> = Promise.resolve(undefined);
     const flood = await new Promise<FloodResult>((resolve, reject) => {
       const timer = setTimeout(() => {
         driver.kill("SIGKILL");
@@ -89,6 +99,7 @@ export async function runMemoryMode(options: MemoryOptions): Promise<MemoryResul
       driver.on("message", (msg: { type: string; result?: FloodResult }) => {
         if (msg.type === "flood-filled") {
           for (const p of all) rssAfterFloodBy[p.name] = memory(p.pid)?.rss ?? Number.NaN;
+          heap = router.metrics ? readHeap(router.metrics) : heap;
         } else if (msg.type === "flood" && msg.result) {
           clearTimeout(timer);
           sample();
@@ -101,6 +112,7 @@ export async function runMemoryMode(options: MemoryOptions): Promise<MemoryResul
       });
     });
     clearInterval(ticker);
+    const routerHeapAfterFlood = await heap;
     const slowCapacityPerSec = (options.slowConcurrency * 1000) / options.slowMs;
     return {
       options,
@@ -110,9 +122,27 @@ export async function runMemoryMode(options: MemoryOptions): Promise<MemoryResul
       inputOverCapacity: flood.admissionPerSec / slowCapacityPerSec,
       peakRssBy,
       rssAfterFloodBy,
+      ...(routerHeapAfterFlood ? { routerHeapAfterFlood } : {}),
       seconds: (performance.now() - started) / 1000,
     };
   } finally {
     await dep.stop();
+  }
+}
+
+/** The V8 heap gauges of a dsat process's /metrics, or undefined when they cannot be read. */
+async function readHeap(metrics: string): Promise<MemoryResult["routerHeapAfterFlood"]> {
+  try {
+    const res = await fetch(`http://${metrics}/metrics`, { signal: AbortSignal.timeout(5_000) });
+    const text = await res.text();
+    const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN);
+    const heap = {
+      heapTotal: value("nodejs_heap_size_total_bytes"),
+      heapUsed: value("nodejs_heap_size_used_bytes"),
+      external: value("nodejs_external_memory_bytes"),
+    };
+    return Object.values(heap).some(Number.isNaN) ? undefined : heap;
+  } catch {
+    return undefined;
   }
 }

@@ -40,6 +40,8 @@ export interface BenchProcess {
   readonly pid: number;
   /** host:port it serves on, when it serves. */
   readonly address: string;
+  /** host:port of its Prometheus metrics, when it was started with --metrics-port. */
+  readonly metrics?: string;
   readonly child: ChildProcess;
   /** The last 16 KiB it wrote on stderr. */
   stderr(): string;
@@ -78,7 +80,7 @@ export async function startService(
     err = (err + d.toString()).slice(-16384);
   });
   const timeoutMs = options.readyTimeoutMs ?? 20_000;
-  const ready = await new Promise<{ address: string; pid: number }>((resolve, reject) => {
+  const ready = await new Promise<{ address: string; pid: number; metrics?: string }>((resolve, reject) => {
     const rl = createInterface({ input: child.stdout as NodeJS.ReadableStream });
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
@@ -87,7 +89,7 @@ export async function startService(
     rl.on("line", (line) => {
       if (!line.startsWith("ready ")) return;
       clearTimeout(timer);
-      resolve(JSON.parse(line.slice(6)) as { address: string; pid: number });
+      resolve(JSON.parse(line.slice(6)) as { address: string; pid: number; metrics?: string });
     });
     child.once("exit", (code, signal) => {
       clearTimeout(timer);
@@ -96,7 +98,7 @@ export async function startService(
   });
   // Keep reading stdout so that a chatty child never blocks on a full pipe.
   child.stdout?.resume();
-  return wrap(name, child, ready.address, () => err);
+  return { ...wrap(name, child, ready.address, () => err), ...(ready.metrics ? { metrics: ready.metrics } : {}) };
 }
 
 /** Wraps a child process that is already running (etcd) as a BenchProcess. */

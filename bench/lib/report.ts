@@ -339,6 +339,7 @@ export function tables(r: BenchReport): Table[] {
         ],
         ["admission slowed?", admissionVerdict(m)],
         ["router peak RSS / RSS after the flood", `${mb(m.peakRssBy.router)} / ${mb(m.rssAfterFloodBy.router)} MB`],
+        ["router's V8 heap after the flood: reserved / in use / C++ objects (Buffers)", heapText(m)],
         ["status peak RSS / RSS after the flood", `${mb(m.peakRssBy.status)} / ${mb(m.rssAfterFloodBy.status)} MB`],
         ["etcd peak RSS", `${mb(m.peakRssBy.etcd)} MB`],
         ...(r.memoryServeStatus
@@ -347,12 +348,19 @@ export function tables(r: BenchReport): Table[] {
                 "again with the router serving StatusService itself: its peak RSS / after the flood",
                 `${mb(r.memoryServeStatus.peakRssBy.router)} / ${mb(r.memoryServeStatus.rssAfterFloodBy.router)} MB (${num(r.memoryServeStatus.flood.accepted)} accepted)`,
               ],
+              ["the same router's V8 heap after the flood: reserved / in use / C++ objects", heapText(r.memoryServeStatus)],
             ]
           : []),
       ],
     });
   }
   return out;
+}
+
+/** The router's heap after the flood, as a table cell. */
+function heapText(m: MemoryResult): string {
+  const h = m.routerHeapAfterFlood;
+  return h ? `${mb(h.heapTotal)} / ${mb(h.heapUsed)} / ${mb(h.external)} MB` : "- (not read)";
 }
 
 function admissionVerdict(m: MemoryResult): string {
