@@ -24,8 +24,16 @@ import {
 // allows); `assignment-encoding.test.ts` checks that. An Assignment without a remembered
 // task (a hand-off from another router) or with unknown fields goes through toBinary.
 
-/** Assignments made by the router, with the bytes of their task without payload and headers. */
-const bases = new WeakMap<Assignment, Uint8Array>();
+/**
+ * Where an Assignment made by the router keeps the bytes of its task without payload and
+ * headers: a symbol-keyed property, which protobuf-es ignores. Not a WeakMap: V8 keeps a
+ * WeakMap's short-lived keys and values through every young-generation collection until the
+ * next full one, and each Assignment took its task along into the old generation.
+ */
+const TASK_BASE = Symbol("dsat.taskBase");
+
+/** An Assignment that may carry its task's bytes (see {@link rememberTaskBase}). */
+type WithTaskBase = Assignment & { [TASK_BASE]?: Uint8Array };
 
 /** The bytes of a task without its payload and headers, to be shared by its assignments. */
 export function encodeTaskBase(task: Task): Uint8Array {
@@ -34,7 +42,7 @@ export function encodeTaskBase(task: Task): Uint8Array {
 
 /** Remembers the task bytes (from {@link encodeTaskBase} of a.task, as it was) for {@link encodeAssignmentValue}. */
 export function rememberTaskBase(a: Assignment, base: Uint8Array): void {
-  bases.set(a, base);
+  (a as WithTaskBase)[TASK_BASE] = base;
 }
 
 /**
@@ -43,7 +51,7 @@ export function rememberTaskBase(a: Assignment, base: Uint8Array): void {
  */
 export function encodeAssignmentValue(a: Assignment): Uint8Array {
   const task = a.task;
-  const base = bases.get(a);
+  const base = (a as WithTaskBase)[TASK_BASE];
   if (!task || !base || a.$unknown?.length || task.$unknown?.length || a.timeout?.$unknown?.length) {
     // The value of field 1: its length and the message, without the one-byte tag.
     return lengthDelimited(1, toBinary(AssignmentSchema, a)).subarray(1);

@@ -146,7 +146,6 @@ export class RouterServer {
   readonly #rotation = new Map<string, RoundRobin<WorkerLink>>();
   /** Stage runs waiting for a free worker, per stage. */
   readonly #queues = new Map<string, StageRun[]>();
-  readonly #queuedTask = new WeakMap<StageRun, TaskRun>();
   /** Workers refused, by member key: why. */
   readonly #refused = new Map<string, { member: Member; error: ConnectError }>();
   /** Assignments from routers of other satellites, by attempt key. */
@@ -641,8 +640,8 @@ export class RouterServer {
       const link = rr.pick((l) => l.available && (!l.gateway || !hasLocal));
       if (!link) return;
       const sr = queue.shift() as StageRun;
-      const run = this.#queuedTask.get(sr);
-      if (!run || this.#tasks.get(run.task.id) !== run) continue;
+      const run = sr.run;
+      if (this.#tasks.get(run.task.id) !== run) continue;
       this.#dispatch(run, sr, link);
     }
   }
@@ -815,6 +814,7 @@ export class RouterServer {
 
   #newStage(run: TaskRun, name: string, input: Uint8Array): StageRun {
     const sr: StageRun = {
+      run,
       name,
       state: State.PENDING,
       attempt: 1,
@@ -875,7 +875,6 @@ export class RouterServer {
     let q = this.#queues.get(sr.name);
     if (!q) this.#queues.set(sr.name, (q = []));
     q.push(sr);
-    this.#queuedTask.set(sr, run);
     this.#telemetry?.enqueued(run.task.id, sr.name);
     this.#pump(sr.name);
     if (this.#opts.stageWaitMs > 0 && sr.state !== State.DISPATCHED) this.#armWait(run, sr);
@@ -1356,6 +1355,7 @@ export class RouterServer {
     const resumed: StageRun[] = [];
     for (const st of state.stages) {
       const sr: StageRun = {
+        run,
         name: st.name,
         state: st.state,
         attempt: Math.max(1, st.attempt),

@@ -3,6 +3,12 @@ import type { WorkerLink } from "./worker-link.ts";
 
 /** One stage of one task, as the router drives it. */
 export interface StageRun {
+  /**
+   * The task it belongs to. A field rather than a WeakMap from stage to task: V8 keeps a
+   * WeakMap's short-lived keys and values through every young-generation collection until
+   * the next full one, so each queued stage took its whole task into the old generation.
+   */
+  readonly run: TaskRun;
   readonly name: string;
   state: State;
   attempt: number;
