@@ -27,22 +27,32 @@ const ETCD_DB_SIZE = "etcd_mvcc_db_total_size_in_bytes";
 /** The last database size read by {@link readEtcdCounters}, by metrics URL. */
 const dbSizes = new Map<string, number>();
 
-/** Reads etcd's counters; undefined when there is no etcd or it does not answer. */
-export async function readEtcdCounters(url: string | undefined): Promise<EtcdCounters | undefined> {
-  if (!url) return undefined;
+/**
+ * Reads these samples of a Prometheus endpoint (the first series of each name, whatever its
+ * labels), NaN for a name it does not serve; undefined when it does not answer.
+ */
+export async function readMetrics<K extends string>(url: string, names: Readonly<Record<K, string>>): Promise<Record<K, number> | undefined> {
   try {
     const text = await (await fetch(url, { signal: AbortSignal.timeout(5_000) })).text();
-    const out = {} as EtcdCounters;
-    for (const [k, name] of Object.entries(ETCD_COUNTERS)) {
+    const out = {} as Record<K, number>;
+    for (const [k, name] of Object.entries(names) as [K, string][]) {
       const m = new RegExp(`^${name}(?:\\{[^}]*\\})? ([0-9.e+]+)$`, "m").exec(text);
-      out[k as keyof EtcdCounters] = m ? Number(m[1]) : Number.NaN;
+      out[k] = m ? Number(m[1]) : Number.NaN;
     }
-    const db = new RegExp(`^${ETCD_DB_SIZE} ([0-9.e+]+)$`, "m").exec(text);
-    if (db) dbSizes.set(url, Number(db[1]));
     return out;
   } catch {
     return undefined;
   }
+}
+
+/** Reads etcd's counters; undefined when there is no etcd or it does not answer. */
+export async function readEtcdCounters(url: string | undefined): Promise<EtcdCounters | undefined> {
+  if (!url) return undefined;
+  const read = await readMetrics(url, { ...ETCD_COUNTERS, dbSize: ETCD_DB_SIZE });
+  if (!read) return undefined;
+  const { dbSize, ...counters } = read;
+  if (!Number.isNaN(dbSize)) dbSizes.set(url, dbSize);
+  return counters;
 }
 
 /** One measured window, as the bench saw it. */

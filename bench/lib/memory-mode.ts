@@ -4,6 +4,7 @@ import { spawn } from "node:child_process";
 import type { FloodResult } from "../dsat/flood-driver.ts";
 import { freePort } from "../../services/cli/local-etcd.ts";
 import { startDsat } from "./deployments.ts";
+import { readMetrics } from "./measure.ts";
 import { type BenchProcess, COMPILED_NODE_FLAGS, ROOT, wrap } from "./processes.ts";
 import { memory } from "./proc-stats.ts";
 
@@ -132,17 +133,10 @@ export async function runMemoryMode(options: MemoryOptions): Promise<MemoryResul
 
 /** The V8 heap gauges of a dsat process's /metrics, or undefined when they cannot be read. */
 async function readHeap(metrics: string): Promise<MemoryResult["routerHeapAfterFlood"]> {
-  try {
-    const res = await fetch(`http://${metrics}/metrics`, { signal: AbortSignal.timeout(5_000) });
-    const text = await res.text();
-    const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? Number.NaN);
-    const heap = {
-      heapTotal: value("nodejs_heap_size_total_bytes"),
-      heapUsed: value("nodejs_heap_size_used_bytes"),
-      external: value("nodejs_external_memory_bytes"),
-    };
-    return Object.values(heap).some(Number.isNaN) ? undefined : heap;
-  } catch {
-    return undefined;
-  }
+  const heap = await readMetrics(`http://${metrics}/metrics`, {
+    heapTotal: "nodejs_heap_size_total_bytes",
+    heapUsed: "nodejs_heap_size_used_bytes",
+    external: "nodejs_external_memory_bytes",
+  });
+  return heap && !Object.values(heap).some(Number.isNaN) ? heap : undefined;
 }

@@ -13,13 +13,14 @@ const DEFAULT_PROCESS_METRICS_OPTIONS: Readonly<ProcessMetricsOptions> = Object.
   eventLoopResolutionMs: 10,
 });
 
-/** GC kinds of a `gc` performance entry, as the `kind` label says them. */
-const GC_KINDS = new Map<number, string>([
-  [constants.NODE_PERFORMANCE_GC_MINOR, "minor"],
-  [constants.NODE_PERFORMANCE_GC_MAJOR, "major"],
-  [constants.NODE_PERFORMANCE_GC_INCREMENTAL, "incremental"],
-  [constants.NODE_PERFORMANCE_GC_WEAKCB, "weakcb"],
+/** The `kind` label (as label values) of each kind of a `gc` performance entry. */
+const GC_KINDS = new Map<number, readonly string[]>([
+  [constants.NODE_PERFORMANCE_GC_MINOR, ["minor"]],
+  [constants.NODE_PERFORMANCE_GC_MAJOR, ["major"]],
+  [constants.NODE_PERFORMANCE_GC_INCREMENTAL, ["incremental"]],
+  [constants.NODE_PERFORMANCE_GC_WEAKCB, ["weakcb"]],
 ]);
+const OTHER_GC: readonly string[] = ["other"];
 
 /** Upper bounds for garbage collection pauses, in seconds: 0.1 ms to 1 s. */
 const GC_BUCKETS = Object.freeze([0.0001, 0.0005, ...SECONDS_BUCKETS.filter((b) => b <= 1)]);
@@ -36,15 +37,24 @@ const GC_BUCKETS = Object.freeze([0.0001, 0.0005, ...SECONDS_BUCKETS.filter((b) 
 export function registerProcessMetrics(registry: MetricsRegistry, options: Partial<ProcessMetricsOptions> = {}): () => void {
   const o = { ...DEFAULT_PROCESS_METRICS_OPTIONS, ...options };
 
-  registry.counterOf("process_cpu_user_seconds_total", "User CPU time spent, in seconds (every thread).", [], () => [[[], process.cpuUsage().user / 1e6]]);
-  registry.counterOf("process_cpu_system_seconds_total", "System CPU time spent, in seconds (every thread).", [], () => [[[], process.cpuUsage().system / 1e6]]);
-  registry.counterOf("process_cpu_seconds_total", "User and system CPU time spent, in seconds (every thread).", [], () => {
-    const u = process.cpuUsage();
-    return [[[], (u.user + u.system) / 1e6]];
+  // One reading of CPU and memory per scrape, shared by the metrics made from it.
+  let cpu: NodeJS.CpuUsage | undefined;
+  let memory: NodeJS.MemoryUsage | undefined;
+  registry.beforeRender(() => {
+    cpu = undefined;
+    memory = undefined;
   });
+  const cpuNow = () => (cpu ??= process.cpuUsage());
+  const mem = () => (memory ??= process.memoryUsage());
+
+  registry.counterOf("process_cpu_user_seconds_total", "User CPU time spent, in seconds (every thread).", [], () => [[[], cpuNow().user / 1e6]]);
+  registry.counterOf("process_cpu_system_seconds_total", "System CPU time spent, in seconds (every thread).", [], () => [[[], cpuNow().system / 1e6]]);
+  registry.counterOf("process_cpu_seconds_total", "User and system CPU time spent, in seconds (every thread).", [], () => [
+    [[], (cpuNow().user + cpuNow().system) / 1e6],
+  ]);
   const startSeconds = Math.round(Date.now() / 1000 - process.uptime());
   registry.gauge("process_start_time_seconds", "When the process started, in seconds since the Unix epoch.", [], () => [[[], startSeconds]]);
-  registry.gauge("process_resident_memory_bytes", "Resident memory size (RSS), in bytes.", [], () => [[[], process.memoryUsage.rss()]]);
+  registry.gauge("process_resident_memory_bytes", "Resident memory size (RSS), in bytes.", [], () => [[[], mem().rss]]);
   registry.gauge("process_open_fds", "Open file descriptors (Linux only).", [], () => {
     const n = openFds();
     return n === undefined ? [] : [[[], n]];
@@ -52,14 +62,6 @@ export function registerProcessMetrics(registry: MetricsRegistry, options: Parti
   const maxFds = readMaxFds();
   registry.gauge("process_max_fds", "The soft limit of open file descriptors (Linux only).", [], () => (maxFds === undefined ? [] : [[[], maxFds]]));
 
-  let memory: NodeJS.MemoryUsage | undefined;
-  const mem = () => {
-    memory ??= process.memoryUsage();
-    return memory;
-  };
-  registry.beforeRender(() => {
-    memory = undefined;
-  });
   registry.gauge("nodejs_heap_size_total_bytes", "V8's heap as reserved, in bytes.", [], () => [[[], mem().heapTotal]]);
   registry.gauge("nodejs_heap_size_used_bytes", "V8's heap in use, in bytes (live objects and garbage not yet collected).", [], () => [[[], mem().heapUsed]]);
   registry.gauge("nodejs_external_memory_bytes", "Memory of C++ objects bound to JavaScript objects (Buffers among them), in bytes.", [], () => [
@@ -76,14 +78,8 @@ export function registerProcessMetrics(registry: MetricsRegistry, options: Parti
   });
 
   const gc = registry.histogram("nodejs_gc_duration_seconds", "Garbage collection pauses of the main thread, by kind, in seconds.", ["kind"], GC_BUCKETS);
-  const gcKinds = new Map<string, readonly string[]>();
   const observer = new PerformanceObserver((list) => {
-    for (const entry of list.getEntries()) {
-      const kind = GC_KINDS.get(gcKind(entry)) ?? "other";
-      let labels = gcKinds.get(kind);
-      if (!labels) gcKinds.set(kind, (labels = [kind]));
-      gc.observe(labels, entry.duration / 1000);
-    }
+    for (const entry of list.getEntries()) gc.observe(GC_KINDS.get(gcKind(entry)) ?? OTHER_GC, entry.duration / 1000);
   });
   observer.observe({ entryTypes: ["gc"] });
 
